@@ -1,0 +1,64 @@
+"""The ``alae-ray`` command line: one entry point, one subcommand per job.
+
+Subcommand modules expose ``register(subparsers)``; each parser sets ``func(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from .core.config import ConfigError, load_config, preset_names
+
+# Modules that add subcommands (each has ``register(subparsers)``).
+MODULES = ("alae_ray.data.cli",)
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def cmd_info(args) -> int:
+    from .core.model import ALAE  # torch import only when needed
+
+    cfg = load_config(args.preset, args.set or [])
+    model = ALAE(cfg.model)
+    counts = {name: _count(getattr(model, name)) for name in ("F", "G", "E", "D")}
+    counts["total"] = sum(counts.values())
+    if args.json:
+        print(json.dumps({"preset": cfg.name, "parameters": counts, "config": cfg.to_dict()}, indent=2))
+        return 0
+    m = cfg.model
+    levels = f"{m.num_levels} level(s)" + (f", 4x4 -> {m.max_resolution}x{m.max_resolution}" if m.kind == "style" else "")
+    print(f"preset {cfg.name}: {m.kind} ALAE, latent {m.latent_size}, {levels}")
+    for name, n in counts.items():
+        print(f"  {name:>5}  {n / 1e6:8.3f} M  ({n:,})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alae-ray", description="Train and serve Adversarial Latent Autoencoders on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="print a preset's networks and parameter counts")
+    p.add_argument("--preset", default="tiny", help=f"preset name or YAML path ({', '.join(preset_names())})")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted config override, repeatable")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+    for name in MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ValueError, FileNotFoundError, PermissionError) as exc:
+        print(f"alae-ray {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The single-process training loop, reused by the Ray Train worker and the benchmarks.
+
+``train`` asks the schedule where it is, draws this worker's slice of the global batch from a
+``batches(stage, n)`` callable, runs one ALAE iteration, and every ``tick_kimg`` hands a ``Tick`` to
+``on_tick`` (reporting, samples, checkpoints). Nothing here knows about Ray or files.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .phases import ALAEPhases
+from .schedule import Stage, per_worker_batch, stage_at
+
+
+@dataclass
+class Tick:
+    stage: Stage
+    kimg: float  # images seen so far (thousands, global)
+    iteration: int
+    losses: dict[str, float]  # means over the iterations since the last tick
+    sec_per_kimg: float
+    images_per_sec: float  # global images per second
+    level_changed: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class TensorImages:
+    """An in-memory image set served at any level: area-downsampled, reshuffled every epoch.
+
+    ``images`` is [N, C, R, R] in [-1, 1] (or [N, D] for the MLP); levels below R are made by
+    repeated 2x2 averaging, the same operator as the data pipeline and the encoder's fade-in.
+    """
+
+    def __init__(self, images: torch.Tensor, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.levels = {images.shape[-1]: images}
+        self.gen = torch.Generator().manual_seed(seed)
+        self.rank, self.world_size = rank, world_size
+        self.order = torch.empty(0, dtype=torch.long)
+        self.pos = 0
+        self.epoch = 0
+        self.n = images.shape[0]
+
+    def at(self, resolution: int) -> torch.Tensor:
+        if resolution not in self.levels:
+            top = max(self.levels)
+            if resolution > top or self.levels[top].dim() != 4:
+                return self.levels[top]
+            x = self.levels[top]
+            while x.shape[-1] > resolution:
+                x = torch.nn.functional.avg_pool2d(x, 2)
+            self.levels[resolution] = x
+        return self.levels[resolution]
+
+    def __call__(self, stage: Stage, n: int) -> torch.Tensor:
+        # Every worker walks the same global permutation and takes its own slice of each global batch.
+        global_n = n * self.world_size
+        if self.pos + global_n > len(self.order):
+            self.order = torch.randperm(self.n, generator=self.gen)
+            while len(self.order) < global_n:  # tiny datasets: repeat the permutation
+                self.order = torch.cat([self.order, torch.randperm(self.n, generator=self.gen)])
+            self.pos = 0
+            self.epoch += 1
+        idx = self.order[self.pos + self.rank * n:self.pos + (self.rank + 1) * n]
+        self.pos += global_n
+        return self.at(stage.resolution)[idx]
+
+
+def train(phases: ALAEPhases, batches: Callable[[Stage, int], torch.Tensor], *, max_kimg: float,
+          tick_kimg: float = 1.0, on_tick: Callable[[Tick], None] | None = None) -> ALAEPhases:
+    """Train until ``max_kimg`` thousand images; resumes from wherever ``phases`` stands."""
+    cfg = phases.cfg
+    sums: dict[str, float] = {}
+    count = 0
+    tick_start_kimg, tick_start_time = phases.kimg, time.perf_counter()
+    last_level = phases.level
+    while phases.kimg < max_kimg:
+        stage = stage_at(cfg, phases.kimg)
+        x = batches(stage, per_worker_batch(stage.batch, phases.shard.world_size))
+        losses = phases.step(x, stage)
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v
+        count += 1
+        done = phases.kimg >= max_kimg
+        if on_tick is not None and (phases.kimg - tick_start_kimg >= tick_kimg or done):
+            if phases.device.type == "cuda":
+                torch.cuda.synchronize(phases.device)
+            elapsed = time.perf_counter() - tick_start_time
+            kimg = phases.kimg - tick_start_kimg
+            on_tick(Tick(stage=stage, kimg=phases.kimg, iteration=phases.iteration,
+                         losses={k: v / count for k, v in sums.items()},
+                         sec_per_kimg=elapsed / kimg, images_per_sec=kimg * 1000.0 / elapsed,
+                         level_changed=stage.level != last_level))
+            sums, count = {}, 0
+            tick_start_kimg, tick_start_time = phases.kimg, time.perf_counter()
+            last_level = stage.level
+    return phases

@@ -1,0 +1,1 @@
+"""Datasets: preparation into Parquet shards, and reading them for training."""
