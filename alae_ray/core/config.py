@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import collections.abc
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,7 @@ class TrainConfig:
     seed: int = 0  # Seed of every random stream (z, noise, data order, init).
     mixed_precision: bool = False  # bf16 autocast (CUDA only; ignored on CPU).
     channels_last: bool = False  # channels_last memory format (CUDA only).
+    fused_adam: bool = True  # Fused Adam kernel (CUDA only).
 
 
 @dataclass(frozen=True)
@@ -111,11 +113,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return _build(tp, value, where)
-    if origin in (Mapping, dict) or tp in (Mapping, dict):
+    if origin in (collections.abc.Mapping, dict) or tp in (Mapping, dict):
         kt, vt = typing.get_args(tp) or (Any, Any)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping like {{4: 128, 8: 64}}, got {value!r}")
-        return {_coerce(k, kt, f"{where} key") : _coerce(v, vt, f"{where}[{k}]") for k, v in value.items()}
+        return {_coerce(k, kt, f"{where} key"): _coerce(v, vt, f"{where}[{k}]") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value

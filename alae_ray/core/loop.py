@@ -45,6 +45,16 @@ class TensorImages:
         self.epoch = 0
         self.n = images.shape[0]
 
+    def state_dict(self) -> dict:
+        """Position in the stream, for exact resume (plain lists: JSON-safe)."""
+        return {"rng": self.gen.get_state().tolist(), "order": self.order.tolist(), "pos": self.pos,
+                "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(torch.tensor(state["rng"], dtype=torch.uint8))
+        self.order = torch.tensor(state["order"], dtype=torch.long)
+        self.pos, self.epoch = int(state["pos"]), int(state["epoch"])
+
     def at(self, resolution: int) -> torch.Tensor:
         if resolution not in self.levels:
             top = max(self.levels)

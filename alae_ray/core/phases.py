@@ -66,7 +66,7 @@ class ALAEPhases:
         self.amp = self.cuda and t.mixed_precision
         m = self.model
         adam = dict(lr=cfg.schedule.table("lr", cfg.schedule.start_resolution),
-                    betas=(t.adam_beta1, t.adam_beta2), eps=1e-8, **({"fused": True} if self.cuda else {}))
+                    betas=(t.adam_beta1, t.adam_beta2), eps=1e-8, **({"fused": True} if self.cuda and t.fused_adam else {}))
         self.opt_ED = torch.optim.Adam([*m.E.parameters(), *m.D.parameters()], **adam)
         self.opt_FG = torch.optim.Adam([*m.F.parameters(), *m.G.parameters()], **adam)
         # Shared stream for z and mixing draws (same on every worker), per-worker stream for G's noise.
@@ -103,7 +103,7 @@ class ALAEPhases:
         return ws, w
 
     def _check(self, value: torch.Tensor, phase: str, name: str) -> float:
-        v = float(value)
+        v = float(value.detach())
         if v != v or v in (float("inf"), float("-inf")):
             raise NonFiniteLossError(f"non-finite {name} ({v}) in the {phase} phase at iteration "
                                      f"{self.iteration} ({self.kimg:.3f} kimg)")
@@ -164,8 +164,8 @@ class ALAEPhases:
         params = [*m.E.parameters(), *m.D.parameters()]
         self._sync_grads(params)
         self.opt_ED.step()
-        return {"loss_d": float(loss_d), "r1": float(r1), "real_score": float(real_score.mean()),
-                "fake_score": float(fake_score.mean())}
+        return {"loss_d": loss_d.item(), "r1": r1.item(), "real_score": real_score.mean().item(),
+                "fake_score": fake_score.mean().item()}
 
     def generator_phase(self, stage: Stage) -> dict[str, float]:
         """Step II: update F and G so that D(E(G(F(z)))) calls fakes real (non-saturating)."""
@@ -192,7 +192,7 @@ class ALAEPhases:
                 dist.all_reduce(w_mean)
                 w_mean /= dist.get_world_size()
             m.w_avg.lerp_(w_mean, 1.0 - self.cfg.train.w_avg_beta)
-        return {"loss_g": float(loss_g)}
+        return {"loss_g": loss_g.item()}
 
     def latent_phase(self, stage: Stage) -> dict[str, float]:
         """Step III: update E and G so that E(G(w)) returns w = F(z) (latent reciprocity)."""
@@ -210,7 +210,7 @@ class ALAEPhases:
         self._sync_grads([*m.E.parameters(), *m.G.parameters()])
         self.opt_ED.step()  # D has no gradient here, so only E moves
         self.opt_FG.step()  # F has no gradient here, so only G moves
-        return {"loss_lae": float(loss_lae)}
+        return {"loss_lae": loss_lae.item()}
 
     def step(self, x: torch.Tensor, stage: Stage) -> dict[str, float]:
         """One full iteration on this worker's slice ``x`` of the global batch ``stage.batch``."""

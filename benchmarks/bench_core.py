@@ -1,0 +1,95 @@
+"""Core training throughput: ms per full ALAE iteration (all three phases) and images/s per level.
+
+Runs the pure-PyTorch core (no Ray) on synthetic images, so it measures compute only. On CUDA it
+measures, in the same process, a plain fp32 eager variant (unfused Adam) and the fast variant
+(bf16 autocast, channels_last, fused Adam) and prints their ratio.
+
+    python benchmarks/bench_core.py --preset tiny --levels 0 1 2 3
+    python benchmarks/bench_core.py --preset ffhq1024 --device cuda --levels 6 8 --batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from alae_ray.core.config import load_config
+from alae_ray.core.phases import ALAEPhases
+from alae_ray.core.schedule import Stage
+
+
+def measure(cfg, device: str, level: int, batch: int, warmup: int, iters: int) -> dict:
+    phases = ALAEPhases(cfg, device)
+    res = cfg.model.resolution(level) if cfg.model.kind == "style" else 0
+    stage = Stage(level=level, resolution=res, alpha=1.0, batch=batch, lr=0.002, level_start_kimg=0.0,
+                  level_end_kimg=float("inf"))
+    shape = (batch, cfg.model.channels, res, res) if res else (batch, cfg.model.mlp_input)
+    x = (torch.rand(shape, device=device) * 2 - 1)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(warmup):
+        phases.step(x, stage)
+    sync()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(iters):
+        phases.step(x, stage)
+    sync()
+    ms = (time.perf_counter() - start) / iters * 1000
+    out = {"level": level, "resolution": res, "batch": batch, "ms_per_iter": ms,
+           "images_per_s": batch / ms * 1000, "sec_per_kimg": ms / batch}
+    if device.startswith("cuda"):
+        out["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--levels", type=int, nargs="+", default=None, help="levels to measure (default: all)")
+    ap.add_argument("--batch", type=int, default=None, help="batch per iteration (default: the preset's)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--variants", default=None, help="comma list of fp32,fast (default: both on CUDA, fp32 on CPU)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    base = load_config(args.preset, args.set)
+    cuda = args.device.startswith("cuda")
+    variants = (args.variants or ("fp32,fast" if cuda else "fp32")).split(",")
+    levels = args.levels if args.levels is not None else list(range(base.model.num_levels))
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False  # the baseline is plain fp32
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+    machine = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"# bench_core preset={base.name} device={args.device} ({machine}) torch={torch.__version__}")
+    print(f"{'variant':>7} {'level':>5} {'res':>5} {'batch':>5} {'ms/iter':>9} {'img/s':>9} {'sec/kimg':>9} {'mem GiB':>8}")
+    rows = []
+    for level in levels:
+        res = base.model.resolution(level) if base.model.kind == "style" else 0
+        batch = args.batch or int(base.schedule.table("batch", max(res, 4)))
+        for v in variants:
+            fast = v == "fast"
+            cfg = load_config(args.preset, args.set + [f"train.mixed_precision={fast}", f"train.channels_last={fast}",
+                                                   f"train.fused_adam={fast}"])
+            r = {"variant": v, **measure(cfg, args.device, level, batch, args.warmup, args.iters)}
+            rows.append(r)
+            print(f"{v:>7} {level:>5} {res:>5} {batch:>5} {r['ms_per_iter']:>9.1f} {r['images_per_s']:>9.1f} "
+                  f"{r['sec_per_kimg']:>9.2f} {r.get('peak_mem_gib', float('nan')):>8.2f}", flush=True)
+        if len(variants) == 2:
+            a, b = rows[-2], rows[-1]
+            print(f"{'ratio':>7} {level:>5} {res:>5} {batch:>5}  {b['variant']}/{a['variant']} throughput = "
+                  f"{b['images_per_s'] / a['images_per_s']:.2f}x")
+    if args.json:
+        print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

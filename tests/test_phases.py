@@ -1,0 +1,170 @@
+"""The three phases of Algorithm 1: what each one updates, the losses, EMA and exact resume."""
+
+import math
+
+import pytest
+import torch
+
+from alae_ray.core import losses
+from alae_ray.core.checkpoint import CheckpointError, load_model, read_checkpoint, write_checkpoint
+from alae_ray.core.config import load_config
+from alae_ray.core.loop import TensorImages, train
+from alae_ray.core.phases import ALAEPhases, NonFiniteLossError, ema_beta
+from alae_ray.core.schedule import stage_at
+
+TINY = load_config("tiny", ["train.ema_kimg=0.1"])
+
+
+def snapshot(phases):
+    return {name: [p.detach().clone() for p in getattr(phases.model, name).parameters()] for name in "FGED"}
+
+
+def changed(before, after):
+    return {name for name in "FGED" if any(not torch.equal(a, b) for a, b in zip(before[name], after[name]))}
+
+
+@pytest.fixture()
+def phases():
+    return ALAEPhases(TINY)
+
+
+def reals(n=32, res=32, seed=0):
+    return torch.rand(n, 3, res, res, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("kimg", [0.0, 1.5])  # a stable level and a fade-in
+def test_each_phase_updates_only_its_networks(phases, kimg):
+    stage = stage_at(TINY, kimg)
+    phases.set_stage(stage)
+    x = TensorImages(reals())(stage, stage.batch)
+    before = snapshot(phases)
+    out = phases.discriminator_phase(x, stage)
+    assert changed(before, snapshot(phases)) == {"E", "D"}
+    assert set(out) >= {"loss_d", "r1"}
+    before = snapshot(phases)
+    out = phases.generator_phase(stage)
+    assert changed(before, snapshot(phases)) == {"F", "G"}
+    assert all(p.requires_grad for p in phases.model.parameters())  # E, D unfrozen again
+    before = snapshot(phases)
+    out = phases.latent_phase(stage)
+    assert changed(before, snapshot(phases)) == {"E", "G"}
+    assert math.isfinite(out["loss_lae"])
+
+
+def test_r1_is_hand_computed_squared_gradient_norm():
+    # score_i = sum(a * x_i) + sum(x_i^2): grad_x = a + 2 x_i, penalty = mean_i ||a + 2 x_i||^2
+    x = torch.tensor([[[[1.0, -2.0]]], [[[0.5, 3.0]]]], requires_grad=True)  # [2, 1, 1, 2]
+    a = torch.tensor([0.5, -1.0]).view(1, 1, 1, 2)
+    score = (a * x).flatten(1).sum(1) + x.pow(2).flatten(1).sum(1)
+    by_hand = ((0.5 + 2 * 1.0) ** 2 + (-1.0 - 4.0) ** 2 + (0.5 + 1.0) ** 2 + (-1.0 + 6.0) ** 2) / 2
+    r1 = losses.r1_penalty(score, x)
+    assert r1.item() == pytest.approx(by_hand)
+    r1.backward()  # the graph is kept, so the penalty itself can be minimised
+    assert x.grad is not None
+
+
+def test_losses_match_their_formulas():
+    real, fake = torch.tensor([1.0, -0.5]), torch.tensor([0.3, 2.0])
+    sp = lambda t: math.log1p(math.exp(t))
+    assert losses.d_logistic_loss(real, fake).item() == pytest.approx(
+        (sp(0.3) + sp(2.0)) / 2 + (sp(-1.0) + sp(0.5)) / 2)
+    assert losses.g_nonsaturating_loss(fake).item() == pytest.approx((sp(-0.3) + sp(-2.0)) / 2)
+    w = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    target = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    lae = losses.latent_reciprocity_loss(target, w)
+    assert lae.item() == pytest.approx(2.5)
+    lae.backward()
+    assert target.grad is None  # F(z) is a constant target
+
+
+def test_ema_half_life():
+    assert ema_beta(100, 1.0) ** 10 == pytest.approx(0.5)  # 10 steps of 100 images = one half-life
+    ph = ALAEPhases(TINY)
+    with torch.no_grad():
+        for p in ph.ema.parameters():
+            p.zero_()
+        for p in ph.model.parameters():
+            p.fill_(1.0)
+    for _ in range(10):  # ema_kimg = 0.1: ten batches of 10 images
+        ph.update_ema(10)
+    vals = torch.cat([p.flatten() for p in ph.ema.parameters()])
+    assert torch.allclose(vals, torch.full_like(vals, 0.5), atol=1e-5)
+
+
+def test_optimizer_state_reset_on_level_change(phases):
+    src = TensorImages(reals())
+    stage0 = stage_at(TINY, 0.0)
+    phases.step(src(stage0, stage0.batch), stage0)
+    assert len(phases.opt_ED.state) > 0 and len(phases.opt_FG.state) > 0
+    phases.set_stage(stage0)
+    assert len(phases.opt_ED.state) > 0  # same level: kept
+    stage1 = stage_at(TINY, 1.5)
+    phases.set_stage(stage1)
+    assert len(phases.opt_ED.state) == 0 and len(phases.opt_FG.state) == 0
+    assert all(g["lr"] == stage1.lr for g in phases.opt_ED.param_groups)
+
+
+def test_same_global_batch_latents_across_world_sizes():
+    from alae_ray.core.phases import Shard
+    one = ALAEPhases(TINY, shard=Shard(0, 1))._z(8)
+    r0 = ALAEPhases(TINY, shard=Shard(0, 2))._z(8)
+    r1 = ALAEPhases(TINY, shard=Shard(1, 2))._z(8)
+    assert torch.equal(torch.cat([r0, r1]), one)
+
+
+def test_non_finite_loss_names_phase_and_iteration(phases):
+    stage = stage_at(TINY, 0.0)
+    x = torch.full((32, 3, 4, 4), float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"discriminator phase at iteration 0"):
+        phases.discriminator_phase(x, stage)
+
+
+def test_exact_resume_through_checkpoint(tmp_path):
+    src_data = reals(64)
+    a = ALAEPhases(TINY)
+    src_a = TensorImages(src_data, seed=1)
+    train(a, src_a, max_kimg=0.96)  # crosses nothing, 30 iterations of 32
+    write_checkpoint(tmp_path / "ckpt", TINY, a.tensors(), {**a.progress(), "data": src_a.state_dict()})
+    cont = []
+    train(a, src_a, max_kimg=1.6, tick_kimg=0.0, on_tick=lambda t: cont.append(t.losses))  # into the fade-in
+
+    cfg, tensors, progress = read_checkpoint(tmp_path / "ckpt")
+    assert cfg == TINY
+    b = ALAEPhases(cfg)
+    b.load(tensors, progress)
+    src_b = TensorImages(src_data, seed=1)
+    src_b.load_state_dict(progress["data"])
+    resumed = []
+    train(b, src_b, max_kimg=1.6, tick_kimg=0.0, on_tick=lambda t: resumed.append(t.losses))
+    assert len(resumed) == len(cont) > 10
+    for x, y in zip(cont, resumed):
+        assert x == pytest.approx(y, rel=1e-5, abs=1e-6)
+
+
+def test_checkpoint_is_atomic_and_loads_without_code(tmp_path):
+    ph = ALAEPhases(TINY)
+    target = tmp_path / "ckpt"
+    write_checkpoint(target, TINY, ph.tensors(), ph.progress())
+    model, cfg, progress = load_model(target)
+    assert cfg == TINY and progress["images_seen"] == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary left over
+    # overwrite keeps a complete checkpoint at the final name
+    ph.images_seen = 123
+    write_checkpoint(target, TINY, ph.tensors(), ph.progress())
+    assert read_checkpoint(target)[2]["images_seen"] == 123
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    # a failing write leaves the previous checkpoint untouched
+    with pytest.raises(Exception):
+        write_checkpoint(target, TINY, {"bad": "not a tensor"}, ph.progress())
+    assert read_checkpoint(target)[2]["images_seen"] == 123
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_checkpoint_mismatching_config_is_named(tmp_path):
+    ph = ALAEPhases(TINY)
+    write_checkpoint(tmp_path / "c", load_config("tiny", ["model.latent_size=32"]), ph.tensors(), ph.progress())
+    with pytest.raises(CheckpointError, match="does not match its config"):
+        load_model(tmp_path / "c")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(CheckpointError, match="incomplete"):
+        load_model(tmp_path / "d")

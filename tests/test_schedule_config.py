@@ -1,0 +1,97 @@
+"""The progressive schedule (a pure function of images seen) and typed configs."""
+
+import subprocess
+import sys
+
+import pytest
+
+from alae_ray.core.config import ConfigError, load_config, preset_names
+from alae_ray.core.schedule import per_worker_batch, stage_at, total_kimg
+
+TINY = load_config("tiny", ["schedule.fade=linear"])  # levels at 4, 8, 16, 32; fade 1, stable 1 kimg
+
+
+def test_schedule_boundaries():
+    s = stage_at(TINY, 0.0)
+    assert (s.level, s.resolution, s.alpha, s.batch) == (0, 4, 1.0, 32)
+    assert stage_at(TINY, 0.999).level == 0
+    s = stage_at(TINY, 1.0)  # level 1 begins with its fade-in
+    assert (s.level, s.alpha, s.level_start_kimg, s.level_end_kimg) == (1, 0.0, 1.0, 3.0)
+    assert stage_at(TINY, 1.5).alpha == pytest.approx(0.5)
+    assert stage_at(TINY, 2.0).alpha == 1.0  # fade done, stabilising
+    assert stage_at(TINY, 2.999).level == 1
+    s = stage_at(TINY, 3.0)
+    assert (s.level, s.batch) == (2, 16)  # batch table carries 16 from resolution 16 upwards
+    s = stage_at(TINY, 5.25)
+    assert (s.level, s.resolution, s.alpha) == (3, 32, 0.25)
+    assert stage_at(TINY, 1e6).level == 3  # the top level never ends
+    assert total_kimg(TINY) == 1 + 2 + 2 + 2 + 2
+
+
+def test_sine_fade_is_smooth_and_monotone():
+    cfg = load_config("tiny")
+    alphas = [stage_at(cfg, 1.0 + i / 100).alpha for i in range(101)]
+    assert alphas[0] == 0.0 and alphas[50] == pytest.approx(0.5) and alphas[-1] == 1.0
+    assert all(b >= a for a, b in zip(alphas, alphas[1:]))
+    assert alphas[1] < 0.01  # eases in
+
+
+def test_schedule_is_pure():
+    assert stage_at(TINY, 4.2) == stage_at(TINY, 4.2)
+
+
+def test_ffhq_tables_follow_the_paper():
+    cfg = load_config("ffhq1024")
+    batches = {r: cfg.schedule.table("batch", r) for r in (4, 8, 16, 32, 64, 128, 256, 512, 1024)}
+    assert list(batches.values()) == [512, 256, 128, 64, 32, 32, 32, 32, 32]
+    assert cfg.schedule.table("lr", 128) == 0.0015 and cfg.schedule.table("lr", 1024) == 0.003
+    assert total_kimg(cfg) == 500 + 8 * 1000 + 1000  # ~10M images, as in the paper
+    assert stage_at(cfg, 9000).resolution == 1024
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 8, 16, 32])
+def test_batch_split_across_world_sizes(world):
+    cfg = load_config("ffhq1024")
+    for r in (4, 64, 1024):
+        g = cfg.schedule.table("batch", r)
+        assert per_worker_batch(g, world) * world == g  # the global batch never depends on world size
+
+
+def test_indivisible_batch_is_an_error():
+    with pytest.raises(ConfigError, match="not divisible by 3 workers"):
+        per_worker_batch(32, 3)
+
+
+def test_presets_load():
+    assert {"tiny", "mnist", "ffhq1024", "celebahq256", "bedroom256"} <= set(preset_names())
+    for name in preset_names():
+        cfg = load_config(name)
+        assert cfg.name == name
+
+
+def test_overrides_and_unknown_keys():
+    cfg = load_config("tiny", ["train.r1_gamma=5", "schedule.batch={64: 8}", "model.latent_size=32"])
+    assert cfg.train.r1_gamma == 5.0 and cfg.model.latent_size == 32
+    assert cfg.schedule.batch == {4: 32, 16: 16, 64: 8}  # tables merge
+    with pytest.raises(ConfigError, match="train.r1_gama"):
+        load_config("tiny", ["train.r1_gama=5"])
+    with pytest.raises(ConfigError, match="train.r1_gamma: expected float"):
+        load_config("tiny", ["train.r1_gamma=lots"])
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match="power of two"):
+        load_config("tiny", ["model.max_resolution=48"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config("tiny", ["train.r1_gamma"])
+
+
+def test_cli_info_prints_parameter_counts():
+    out = subprocess.run([sys.executable, "-m", "alae_ray.cli", "info", "--preset", "ffhq1024"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = {l.split()[0]: float(l.split()[1]) for l in out.stdout.splitlines()[1:]}
+    assert lines["F"] == pytest.approx(2.10, abs=0.01)  # authors: 2.10 M
+    assert lines["G"] == pytest.approx(24.12, abs=0.01)  # authors: 24.12 M
+    bad = subprocess.run([sys.executable, "-m", "alae_ray.cli", "info", "--preset", "tiny", "--set", "x.y=1"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "x" in bad.stderr and "Traceback" not in bad.stderr
