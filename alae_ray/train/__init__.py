@@ -1,0 +1,1 @@
+"""Distributed training on Ray Train: the driver (``run``) and the worker loop (``worker``)."""

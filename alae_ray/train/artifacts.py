@@ -1,0 +1,110 @@
+"""What a training run leaves for people: image grids, TensorBoard events, metrics and a loss plot.
+
+No Ray here: the Ray worker calls these on rank 0, and anything else (benchmarks, notebooks) can too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+LOSS_KEYS = ("loss_d", "r1", "loss_g", "loss_lae")
+
+
+def to_images(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Model output -> [N, C, H, W] in [0, 1]; flat MLP outputs become square images."""
+    if x.dim() == 2:
+        side = int(math.isqrt(x.shape[1] // channels))
+        x = x.view(x.shape[0], channels, side, side)
+    return ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
+    """Write a PNG grid atomically (temporary name, then rename)."""
+    from torchvision.utils import save_image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_image(images, tmp, nrow=nrow, padding=1, format="png")
+    os.replace(tmp, path)
+    return path
+
+
+@torch.no_grad()
+def sample_grids(model, level: int, alpha: float, z: torch.Tensor, reals: torch.Tensor, out_dir: Path,
+                 tag: str, psi: float = 1.0, cutoff: int | None = None) -> list[Path]:
+    """Generations from fixed z and reconstructions of fixed reals (rows: reals, reconstructions)."""
+    ch = model.cfg.channels
+    gen = model.generate(z, level, alpha, psi=psi, cutoff=cutoff, noise=False)
+    rec = model.reconstruct(reals, level, alpha)
+    n = reals.shape[0]
+    pairs = torch.cat([to_images(reals, ch), to_images(rec, ch)])
+    return [save_grid(to_images(gen, ch), out_dir / f"generations_{tag}.png"),
+            save_grid(pairs, out_dir / f"reconstructions_{tag}.png", nrow=n)]
+
+
+class MetricsLog:
+    """metrics.jsonl + TensorBoard scalars + one console line per tick."""
+
+    def __init__(self, out_dir: str | Path, console: bool = True):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.out_dir / "metrics.jsonl"
+        self.console = console
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+        except ImportError:  # tensorboard is a dependency; stay usable without it
+            self.tb = None
+
+    def write(self, metrics: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self.tb is not None:
+            step = int(round(metrics["kimg"] * 1000))
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and k != "kimg":
+                    self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.console:
+            losses = " ".join(f"{k}={metrics[k]:.4f}" for k in LOSS_KEYS if k in metrics)
+            print(f"kimg {metrics['kimg']:8.2f}  {metrics['resolution']:>4}px a={metrics['alpha']:.2f}  {losses}  "
+                  f"lr={metrics['lr']:.4g}  {metrics['sec_per_kimg']:.2f} s/kimg  {metrics['images_per_sec']:.0f} img/s",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_losses(metrics_path: str | Path, png_path: str | Path) -> Path | None:
+    """Loss curves against kimg from metrics.jsonl; None if there is nothing to plot."""
+    rows = [json.loads(l) for l in Path(metrics_path).read_text().splitlines() if l.strip()]
+    if not rows:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(LOSS_KEYS), figsize=(4 * len(LOSS_KEYS), 3))
+    kimg = [r["kimg"] for r in rows]
+    changes = [r["kimg"] for a, r in zip(rows, rows[1:]) if r["level"] != a["level"]]
+    for ax, key in zip(axes, LOSS_KEYS):
+        ax.plot(kimg, [r.get(key, float("nan")) for r in rows])
+        for c in changes:
+            ax.axvline(c, color="grey", lw=0.5, ls="--")
+        ax.set_title(key)
+        ax.set_xlabel("kimg")
+    fig.tight_layout()
+    png_path = Path(png_path)
+    tmp = png_path.with_name(f".{png_path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path

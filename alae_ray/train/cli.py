@@ -1,0 +1,50 @@
+"""``alae-ray train``: distributed ALAE training on Ray Train."""
+
+from __future__ import annotations
+
+import sys
+
+
+def cmd_train(args) -> int:
+    from .run import TrainOptions, dump_summary, format_summary, run
+
+    opts = TrainOptions(preset=args.preset, overrides=args.set or [], data=args.data, storage=args.storage,
+                        name=args.name, workers=args.workers, gpu=args.gpu, max_kimg=args.max_kimg,
+                        tick_kimg=args.tick_kimg, checkpoint_kimg=args.checkpoint_kimg, keep=args.keep,
+                        max_failures=args.max_failures, flip=not args.no_flip,
+                        cpus_per_worker=args.cpus_per_worker)
+    try:
+        summary = run(opts)
+    except Exception as exc:  # Ray wraps worker errors; show the root cause in one line
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if type(exc).__module__.startswith("ray"):
+            print(f"alae-ray train: training failed: {type(cause).__name__}: {cause}", file=sys.stderr)
+            return 1
+        raise
+    print(dump_summary(summary) if args.json else format_summary(summary))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train on Ray Train (local Ray, or the cluster in RAY_ADDRESS)",
+                       description="Train ALAE with Ray Train. With no --data, generates the embedded procedural "
+                                   "dataset and trains the preset on a local Ray. Re-running the same command "
+                                   "resumes from the latest checkpoint.")
+    p.add_argument("--preset", default="tiny", help="preset name or YAML path (default: tiny)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted config override, repeatable")
+    p.add_argument("--data", default=None, help="dataset URI from `alae-ray prepare` (local path or s3://...)")
+    p.add_argument("--storage", default="runs", help="checkpoints and artifacts: local path or s3://bucket/prefix")
+    p.add_argument("--name", default=None, help="run name (default: the preset name); the same name resumes")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--max-kimg", type=float, default=None, help="stop after this many thousand images")
+    p.add_argument("--tick-kimg", type=float, default=0.5, help="report interval (kimg)")
+    p.add_argument("--checkpoint-kimg", type=float, default=2.0, help="checkpoint interval (kimg)")
+    p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
+    p.add_argument("--max-failures", type=int, default=0, help="restarts from the latest checkpoint on failure")
+    p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_train)

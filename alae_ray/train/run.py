@@ -1,0 +1,154 @@
+"""The driver of ``alae-ray train``: resolve the dataset, build the TorchTrainer, run, summarise.
+
+With no ``--data`` the embedded default is used: a procedural shapes dataset generated once into the
+local cache at the preset's resolution. Re-running with the same ``--name`` and ``--storage``
+resumes from the latest checkpoint (Ray Train V2 restores it into the workers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.config import Config, ConfigError, load_config
+from ..core.schedule import per_worker_batch, total_kimg
+from ..data import open_dataset, prepare, read_level_numpy
+from ..data.prepare import PrepareOptions
+from ..data.sources import shapes_source
+from ..data.storage import DatasetError, resolve
+
+DEFAULT_CACHE = Path(os.environ.get("ALAE_RAY_CACHE", Path.home() / ".cache" / "alae-ray"))
+
+
+@dataclass
+class TrainOptions:
+    preset: str = "tiny"  # Preset name or YAML path.
+    overrides: list[str] = field(default_factory=list)  # Dotted key=value overrides.
+    data: str | None = None  # Dataset URI (local or s3://); None = the embedded procedural dataset.
+    storage: str = "runs"  # Where checkpoints and artifacts go (local path or s3://bucket/prefix).
+    name: str | None = None  # Run name; the same name resumes. Default: the preset's name.
+    workers: int = 1  # Ray Train workers.
+    gpu: bool = False  # One GPU per worker.
+    max_kimg: float | None = None  # Stop after this many thousand images (default: the whole schedule).
+    tick_kimg: float = 0.5  # Report interval.
+    checkpoint_kimg: float = 2.0  # Checkpoint interval.
+    keep: int = 3  # Checkpoints kept.
+    max_failures: int = 0  # Worker-group restarts from the latest checkpoint.
+    flip: bool = True  # Random horizontal flips.
+    shuffle_buffer: int = 2048  # Rows in each worker's per-epoch shuffle buffer.
+    cpus_per_worker: float = 1.0
+    shapes_count: int = 4000  # Size of the embedded procedural dataset.
+    fail_at_kimg: float | None = None  # Testing: one worker crashes once at this point.
+    console: bool = True
+
+
+def embedded_dataset(resolution: int, count: int, seed: int = 0) -> str:
+    """The procedural dataset in the local cache, generated if missing (resumable)."""
+    dest = DEFAULT_CACHE / "datasets" / f"shapes-{resolution}px-{count}-seed{seed}"
+    if not (dest / "manifest.json").exists():
+        print(f"generating the embedded procedural dataset ({count} images, {resolution}px) at {dest}", flush=True)
+        prepare(shapes_source(count, resolution, seed), str(dest), PrepareOptions(seed=seed))
+    return str(dest)
+
+
+def _storage(uri: str):
+    """(storage_path, storage_filesystem) for RunConfig."""
+    if uri.startswith("s3://"):
+        loc = resolve(uri.rstrip("/"))
+        return loc.path, loc.fs
+    return str(Path(uri).expanduser().resolve()), None
+
+
+def _data_resolutions(cfg: Config, manifest) -> list[int]:
+    if cfg.model.kind == "mlp":
+        return manifest.resolutions[-1:]
+    need = [cfg.model.resolution(l) for l in range(cfg.model.level_of(cfg.schedule.start_resolution), cfg.model.num_levels)]
+    missing = [r for r in need if r not in manifest.resolutions]
+    if missing:
+        raise DatasetError(f"{manifest.uri}: has levels {manifest.resolutions} but preset {cfg.name!r} "
+                           f"needs {need} (missing {missing}); prepare it with --resolution {need[-1]}")
+    if manifest.channels != cfg.model.channels:
+        raise DatasetError(f"{manifest.uri}: {manifest.channels}-channel images, but the model expects "
+                           f"{cfg.model.channels} (set model.channels)")
+    return need
+
+
+def build_trainer(opts: TrainOptions):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from ..data.ray_reader import level_datasets
+    from .worker import train_loop_per_worker
+
+    cfg = load_config(opts.preset, opts.overrides)
+    if opts.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {opts.workers}")
+    for r, b in cfg.schedule.batch.items():
+        per_worker_batch(b, opts.workers)  # fail now, naming the batch, rather than inside a worker
+    data = opts.data or embedded_dataset(cfg.model.max_resolution if cfg.model.kind == "style" else 32,
+                                         opts.shapes_count, cfg.train.seed)
+    manifest = open_dataset(data)
+    resolutions = _data_resolutions(cfg, manifest)
+    split = "test" if manifest.count(resolutions[-1], "test") >= 8 else "train"
+    fixed = read_level_numpy(manifest, resolutions[-1], split)["image"][:8]
+    name = opts.name or cfg.name
+    storage_path, storage_fs = _storage(opts.storage)
+    artifacts_dir = (Path(storage_path) / name / "artifacts") if storage_fs is None else (
+        Path("runs") / name / "artifacts").resolve()
+    max_kimg = opts.max_kimg if opts.max_kimg is not None else total_kimg(cfg)
+    loop_config = {
+        "cfg": cfg.to_dict(), "max_kimg": max_kimg, "tick_kimg": opts.tick_kimg,
+        "checkpoint_kimg": opts.checkpoint_kimg, "flip": opts.flip, "shuffle_buffer": opts.shuffle_buffer,
+        "artifacts_dir": str(artifacts_dir), "fixed_reals": fixed, "console": opts.console,
+        "data_resolution": resolutions[0] if cfg.model.kind == "mlp" else None,
+        "threads": max(1, int(opts.cpus_per_worker)), "fail_at_kimg": opts.fail_at_kimg,
+    }
+    from ray.data import ExecutionOptions
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=opts.workers, use_gpu=opts.gpu,
+                                               resources_per_worker={"CPU": opts.cpus_per_worker}),
+        # Stored order + seeded per-epoch local shuffles in the worker make the stream reproducible.
+        datasets=level_datasets(manifest, "train", resolutions, shuffle="none"),
+        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, storage_filesystem=storage_fs,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=opts.keep),
+            failure_config=ray.train.FailureConfig(max_failures=opts.max_failures)),
+    )
+    return trainer, {"name": name, "data": data, "storage": opts.storage, "artifacts": str(artifacts_dir),
+                     "max_kimg": max_kimg, "config": cfg}
+
+
+def run(opts: TrainOptions) -> dict:
+    """Train (or resume) and return a summary: where the checkpoint and samples are."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
+    trainer, info = build_trainer(opts)
+    result = trainer.fit()
+    ckpt = result.checkpoint
+    summary = {"name": info["name"], "data": info["data"], "artifacts": info["artifacts"],
+               "checkpoint": ckpt.path if ckpt is not None else None,
+               "kimg": (result.metrics or {}).get("kimg"), "metrics": result.metrics}
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    m = summary.get("metrics") or {}
+    losses = ", ".join(f"{k} {m[k]:.4f}" for k in ("loss_d", "loss_g", "loss_lae") if k in m)
+    return "\n".join([
+        f"trained {summary['name']}: {summary['kimg']:.2f} kimg at {m.get('resolution', '?')}px ({losses})",
+        f"  checkpoint: {summary['checkpoint']}",
+        f"  samples, metrics, TensorBoard: {summary['artifacts']}",
+        f"  data: {summary['data']}",
+    ])
+
+
+def dump_summary(summary: dict) -> str:
+    return json.dumps({k: v for k, v in summary.items()}, indent=2, default=str)

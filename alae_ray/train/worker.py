@@ -1,0 +1,199 @@
+"""The Ray Train worker: wires the core's loop to a dataset shard, reporting and checkpoints.
+
+Every worker runs ``train_loop_per_worker``: it builds ``ALAEPhases`` for its rank, restores the
+latest checkpoint if Ray hands one over, streams its shard of the current level's dataset, and on
+every tick calls ``ray.train.report`` (rank 0 attaches a checkpoint when one is due). All of the ALAE
+logic is in ``alae_ray.core``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import ray.train
+import ray.train.torch
+
+from ..core.checkpoint import read_checkpoint, write_checkpoint
+from ..core.config import from_dict
+from ..core.loop import Tick, train
+from ..core.phases import ALAEPhases, NonFiniteLossError, Shard
+from ..core.schedule import Stage
+from ..data.ray_reader import dataset_key
+from . import artifacts
+
+
+class ShardStream:
+    """This worker's batches of the current level, epoch after epoch, resumable to the batch.
+
+    The level datasets keep their stored (seeded, shuffled at preparation) order; each epoch is
+    reshuffled here with a local buffer seeded by (seed, level, epoch, rank), so the stream is a
+    pure function of its position and a resumed run sees exactly the batches it would have seen.
+    Flips are decided per (row id, epoch) for the same reason.
+    """
+
+    def __init__(self, seed: int, rank: int, flip: bool, buffer: int, data_resolution: int | None, flat: bool):
+        self.seed, self.rank, self.flip, self.buffer = seed, rank, flip, buffer
+        self.data_resolution, self.flat = data_resolution, flat
+        self.resolution: int | None = None
+        self.epoch = 0
+        self.batches = 0  # batches taken in the current epoch
+        self._it = None
+        self._skip = 0
+
+    def state_dict(self) -> dict:
+        return {"resolution": self.resolution, "epoch": self.epoch, "batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.resolution, self.epoch, self.batches = state["resolution"], state["epoch"], state["batches"]
+        self._it, self._skip = None, self.batches  # reopen lazily and fast-forward
+
+    def _open(self, n: int) -> None:
+        shard = ray.train.get_dataset_shard(dataset_key(self.resolution))
+        level_seed = (self.seed * 1_000_003 + self.resolution * 7919 + self.epoch * 104_729 + self.rank) % 2**31
+        self._it = iter(shard.iter_batches(batch_size=n, batch_format="numpy", drop_last=True,
+                                           local_shuffle_buffer_size=max(self.buffer, n),
+                                           local_shuffle_seed=level_seed))
+
+    def __call__(self, stage: Stage, n: int) -> torch.Tensor:
+        res = self.data_resolution or stage.resolution
+        if res != self.resolution:  # a new level starts its own epochs
+            self.resolution, self.epoch, self.batches, self._it, self._skip = res, 0, 0, None, 0
+        while True:
+            if self._it is None:
+                self._open(n)
+                for _ in range(self._skip):
+                    next(self._it)
+                self._skip = 0
+            batch = next(self._it, None)
+            if batch is not None:
+                break
+            self.epoch, self.batches, self._it = self.epoch + 1, 0, None
+        self.batches += 1
+        x = torch.from_numpy(np.ascontiguousarray(batch["image"]))  # uint8 [n, C, R, R]
+        if self.flip:
+            ids = torch.from_numpy(np.asarray(batch["id"], dtype=np.int64))
+            mask = ((ids * 2654435761 + self.epoch * 40503) >> 11) & 1  # per (row, epoch)
+            x = torch.where(mask.bool().view(-1, 1, 1, 1), x.flip(-1), x)
+        x = x.float().div_(127.5).sub_(1.0)
+        return x.flatten(1) if self.flat else x
+
+
+def _gather_rng(phases: ALAEPhases) -> dict[str, torch.Tensor]:
+    """Every rank's own RNG state (G's noise), gathered to all ranks for rank 0's checkpoint."""
+    mine = {"cpu": torch.get_rng_state()}
+    if phases.cuda:
+        mine["cuda"] = torch.cuda.get_rng_state(phases.device)
+    states = [mine]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        states = [None] * dist.get_world_size()
+        dist.all_gather_object(states, mine)
+    return {f"rng.rank{r}.{k}": v for r, s in enumerate(states) for k, v in s.items()}
+
+
+def _restore_rng(tensors: dict, phases: ALAEPhases) -> None:
+    rank = phases.shard.rank
+    if f"rng.rank{rank}.cpu" in tensors:
+        torch.set_rng_state(tensors[f"rng.rank{rank}.cpu"])
+    if phases.cuda and f"rng.rank{rank}.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors[f"rng.rank{rank}.cuda"], phases.device)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg = from_dict(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    phases = ALAEPhases(cfg, device, Shard(rank, world))
+    stream = ShardStream(cfg.train.seed, rank, config["flip"], config["shuffle_buffer"],
+                         config.get("data_resolution"), flat=cfg.model.kind == "mlp")
+    out_dir = Path(config["artifacts_dir"])
+    fixed: dict[str, torch.Tensor] = {}
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            _, tensors, progress = read_checkpoint(Path(d), device)
+        phases.load(tensors, progress)
+        _restore_rng(tensors, phases)
+        stream.load_state_dict(progress["data"])
+        fixed = {k[len("fixed."):]: v for k, v in tensors.items() if k.startswith("fixed.")}
+        if rank == 0:
+            print(f"resumed from checkpoint at {phases.kimg:.2f} kimg (iteration {phases.iteration})", flush=True)
+
+    log = artifacts.MetricsLog(out_dir, console=config.get("console", True)) if rank == 0 else None
+    every_ckpt = config["checkpoint_kimg"]
+    next_ckpt = [(int(phases.kimg / every_ckpt) + 1) * every_ckpt]
+    max_kimg = config["max_kimg"]
+    fail_at = config.get("fail_at_kimg")  # for the fault-tolerance test: one crash, once per run
+    t0 = time.perf_counter()
+
+    def on_tick(tick: Tick) -> None:
+        s = tick.stage
+        metrics = {"kimg": tick.kimg, "iteration": tick.iteration, "level": s.level, "resolution": s.resolution,
+                   "alpha": s.alpha, "batch": s.batch, "lr": s.lr, **tick.losses,
+                   "sec_per_kimg": tick.sec_per_kimg, "images_per_sec": tick.images_per_sec,
+                   "epoch": stream.epoch, "wall_s": time.perf_counter() - t0}
+        if phases.cuda:
+            metrics["gpu_mem_gib"] = torch.cuda.max_memory_allocated(phases.device) / 2**30
+        due = tick.kimg >= next_ckpt[0] or tick.kimg >= max_kimg
+        rng = _gather_rng(phases) if due else {}
+        if rank == 0:
+            log.write(metrics)
+            if due:
+                _write_samples(phases, s, fixed, out_dir, tick.kimg, config)
+        if due:
+            next_ckpt[0] = (int(tick.kimg / every_ckpt) + 1) * every_ckpt
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = None
+                if rank == 0:
+                    tensors = {**phases.tensors(), **rng, **{f"fixed.{k}": v for k, v in fixed.items()}}
+                    path = write_checkpoint(Path(tmp) / "checkpoint", cfg, tensors,
+                                            {**phases.progress(), "data": stream.state_dict(), "kimg": tick.kimg})
+                    ckpt = ray.train.Checkpoint.from_directory(str(path))
+                ray.train.report(metrics, checkpoint=ckpt)
+        else:
+            ray.train.report(metrics)
+        if fail_at is not None and tick.kimg >= fail_at and rank == world - 1 and not _marker(out_dir).exists():
+            _marker(out_dir).parent.mkdir(parents=True, exist_ok=True)
+            _marker(out_dir).write_text(f"killed at {tick.kimg}\n")
+            os._exit(1)  # a hard crash of one worker process, not an exception
+
+    try:
+        train(phases, stream, max_kimg=max_kimg, tick_kimg=config["tick_kimg"], on_tick=on_tick)
+    except NonFiniteLossError as exc:
+        if rank == 0:
+            (out_dir / "FAILED.txt").write_text(f"{exc}\n")
+        raise
+    if rank == 0:
+        artifacts.plot_losses(log.path, out_dir / "losses.png")
+        log.close()
+
+
+def _marker(out_dir: Path) -> Path:
+    return out_dir / "fault-injected.txt"
+
+
+def _write_samples(phases: ALAEPhases, stage: Stage, fixed: dict, out_dir: Path, kimg: float, config: dict) -> None:
+    """Grids from the EMA model: fixed z (kept in the checkpoint) and fixed held-out reals."""
+    if "z" not in fixed:
+        fixed["z"] = torch.randn(16, phases.cfg.model.latent_size, generator=torch.Generator().manual_seed(1234))
+    reals = config.get("fixed_reals")  # uint8 [n, C, R, R] at the top resolution, from the driver
+    if reals is None:
+        return
+    x = torch.from_numpy(np.asarray(reals)).float().div(127.5).sub(1.0).to(phases.device)
+    if phases.cfg.model.kind == "mlp":
+        x = x.flatten(1)
+    else:
+        while x.shape[-1] > stage.resolution:
+            x = torch.nn.functional.avg_pool2d(x, 2)
+    t = phases.cfg.train
+    artifacts.sample_grids(phases.ema, stage.level, stage.alpha, fixed["z"].to(phases.device), x, out_dir,
+                           tag=f"{kimg:08.2f}kimg", psi=t.truncation_psi, cutoff=t.truncation_cutoff)

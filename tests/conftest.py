@@ -1,0 +1,84 @@
+"""Shared fixtures: a real S3-protocol server (moto) on loopback, and fresh buckets in it.
+
+``s3_server`` (session): starts the server once, points the AWS environment at it
+(``AWS_ENDPOINT_URL``, test credentials, region; no shared config files, no instance metadata),
+and yields the endpoint URL. ``s3_bucket`` (function): a fresh, empty bucket, yielded as
+``"s3://name"``. ``s3_bucket_factory`` (session): a function returning a fresh ``"s3://name"``,
+for module- or session-scoped fixtures.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",  # no 1 s probes of an instance role
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """Endpoint URL of a moto S3 server on 127.0.0.1; the AWS environment points at it."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in S3_ENV.items():
+            mp.setenv(k, v)
+        mp.setenv("AWS_ENDPOINT_URL", endpoint)
+        mp.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+        mp.delenv("AWS_PROFILE", raising=False)
+        mp.delenv("AWS_SESSION_TOKEN", raising=False)
+        yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_bucket_factory(s3_server):
+    """A function making a fresh bucket and returning ``"s3://name"``."""
+    import pyarrow.fs as pafs
+
+    host = s3_server.split("://", 1)[1]
+    fs = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
+                           endpoint_override=host, scheme="http", allow_bucket_creation=True)
+
+    def make(prefix: str = "test") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        fs.create_dir(name)
+        return f"s3://{name}"
+
+    return make
+
+
+@pytest.fixture
+def s3_bucket(s3_bucket_factory) -> str:
+    """A fresh, empty bucket: ``"s3://name"``."""
+    return s3_bucket_factory()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the repository (sample datasets; read only)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"sample data not found at {SHARED_DATA} (clone the repository with shared/ beside it)")
+    return SHARED_DATA
