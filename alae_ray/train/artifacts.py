@@ -108,3 +108,16 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path) -> Path | None:
     plt.close(fig)
     os.replace(tmp, png_path)
     return png_path
+
+
+def upload(local_dir: str | Path, uri: str) -> None:
+    """Mirror the artifacts folder to remote storage (s3://...), so a cluster run's samples are not
+    stranded on whichever node hosted rank 0."""
+    import pyarrow.fs as pafs
+
+    from ..data.storage import resolve
+
+    loc = resolve(uri)
+    loc.fs.create_dir(loc.path, recursive=True)
+    pafs.copy_files(str(local_dir), loc.path, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=loc.fs)

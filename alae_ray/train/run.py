@@ -40,6 +40,8 @@ class TrainOptions:
     shuffle_buffer: int = 2048  # Rows in each worker's per-epoch shuffle buffer.
     cpus_per_worker: float = 1.0
     shapes_count: int = 4000  # Size of the embedded procedural dataset.
+    artifacts: str | None = None  # Local folder for samples/metrics/TensorBoard (default: beside the
+    #                               checkpoints for local storage, ./runs/NAME/artifacts for s3://, then uploaded).
     fail_at_kimg: float | None = None  # Testing: one worker crashes once at this point.
     console: bool = True
 
@@ -95,17 +97,24 @@ def build_trainer(opts: TrainOptions):
     fixed = read_level_numpy(manifest, resolutions[-1], split)["image"][:8]
     name = opts.name or cfg.name
     storage_path, storage_fs = _storage(opts.storage)
-    artifacts_dir = (Path(storage_path) / name / "artifacts") if storage_fs is None else (
-        Path("runs") / name / "artifacts").resolve()
+    if opts.artifacts:
+        artifacts_dir = Path(opts.artifacts).resolve()
+    elif storage_fs is None:
+        artifacts_dir = Path(storage_path) / name / "artifacts"
+    else:
+        artifacts_dir = (Path("runs") / name / "artifacts").resolve()
+    upload = f"{opts.storage.rstrip('/')}/{name}/artifacts" if storage_fs is not None else None
     max_kimg = opts.max_kimg if opts.max_kimg is not None else total_kimg(cfg)
     loop_config = {
         "cfg": cfg.to_dict(), "max_kimg": max_kimg, "tick_kimg": opts.tick_kimg,
         "checkpoint_kimg": opts.checkpoint_kimg, "flip": opts.flip, "shuffle_buffer": opts.shuffle_buffer,
-        "artifacts_dir": str(artifacts_dir), "fixed_reals": fixed, "console": opts.console,
+        "artifacts_dir": str(artifacts_dir), "artifacts_upload": upload, "fixed_reals": fixed, "console": opts.console,
         "data_resolution": resolutions[0] if cfg.model.kind == "mlp" else None,
         "threads": max(1, int(opts.cpus_per_worker)), "fail_at_kimg": opts.fail_at_kimg,
     }
-    from ray.data import ExecutionOptions
+    from ray.data import DataContext, ExecutionOptions
+
+    DataContext.get_current().enable_progress_bars = False  # one console line per tick instead
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -120,7 +129,7 @@ def build_trainer(opts: TrainOptions):
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=opts.keep),
             failure_config=ray.train.FailureConfig(max_failures=opts.max_failures)),
     )
-    return trainer, {"name": name, "data": data, "storage": opts.storage, "artifacts": str(artifacts_dir),
+    return trainer, {"name": name, "data": data, "storage": opts.storage, "artifacts": upload or str(artifacts_dir),
                      "max_kimg": max_kimg, "config": cfg}
 
 

@@ -129,9 +129,10 @@ def train_loop_per_worker(config: dict) -> None:
             print(f"resumed from checkpoint at {phases.kimg:.2f} kimg (iteration {phases.iteration})", flush=True)
 
     log = artifacts.MetricsLog(out_dir, console=config.get("console", True)) if rank == 0 else None
-    every_ckpt = config["checkpoint_kimg"]
-    next_ckpt = [(int(phases.kimg / every_ckpt) + 1) * every_ckpt]
+    every_ckpt = max(1, round(config["checkpoint_kimg"] * 1000))  # in images: exact arithmetic
+    next_ckpt = [(phases.images_seen // every_ckpt + 1) * every_ckpt]
     max_kimg = config["max_kimg"]
+    stop = round(max_kimg * 1000)
     fail_at = config.get("fail_at_kimg")  # for the fault-tolerance test: one crash, once per run
     t0 = time.perf_counter()
 
@@ -143,14 +144,18 @@ def train_loop_per_worker(config: dict) -> None:
                    "epoch": stream.epoch, "wall_s": time.perf_counter() - t0}
         if phases.cuda:
             metrics["gpu_mem_gib"] = torch.cuda.max_memory_allocated(phases.device) / 2**30
-        due = tick.kimg >= next_ckpt[0] or tick.kimg >= max_kimg
+        due = tick.images_seen >= next_ckpt[0] or tick.images_seen >= stop
         rng = _gather_rng(phases) if due else {}
         if rank == 0:
             log.write(metrics)
             if due:
                 _write_samples(phases, s, fixed, out_dir, tick.kimg, config)
+                if tick.images_seen >= stop:
+                    artifacts.plot_losses(log.path, out_dir / "losses.png")
+                if config.get("artifacts_upload"):
+                    artifacts.upload(out_dir, config["artifacts_upload"])
         if due:
-            next_ckpt[0] = (int(tick.kimg / every_ckpt) + 1) * every_ckpt
+            next_ckpt[0] = (tick.images_seen // every_ckpt + 1) * every_ckpt
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = None
                 if rank == 0:
@@ -173,7 +178,6 @@ def train_loop_per_worker(config: dict) -> None:
             (out_dir / "FAILED.txt").write_text(f"{exc}\n")
         raise
     if rank == 0:
-        artifacts.plot_losses(log.path, out_dir / "losses.png")
         log.close()
 
 
