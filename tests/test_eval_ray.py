@@ -99,8 +99,13 @@ def test_cli_eval_with_ray_matches_without(ray_cluster, torch_home, tiny_checkpo
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     args = ["eval", "--checkpoint", tiny_checkpoint, "--data", str(folder), "--level", "1", "--metric", "fid",
             "--num-samples", "10", "--batch", "4", "--cache-dir", "none", "--json"]
+    def fid_from_stdout() -> float:
+        out = capsys.readouterr().out
+        report = out[out.index("{\n"):]  # Ray's log monitor may print "(raylet) ..." lines first
+        return json.loads(report[:report.rindex("}") + 1])["results"][0]["value"]
+
     assert main(args) == 0
-    single = json.loads(capsys.readouterr().out)["results"][0]["value"]
+    single = fid_from_stdout()
     assert main([*args, "--ray", "--workers", "2"]) == 0
-    distributed = json.loads(capsys.readouterr().out)["results"][0]["value"]
+    distributed = fid_from_stdout()
     assert distributed == pytest.approx(single, rel=1e-4)

@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-ema", action="store_true", help="evaluate the trained networks, not the EMA copy")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE, help="cache of real statistics; 'none' disables it")
-    p.add_argument("--inception-weights", help=f"local pt_inception-2015-12-05-6726825d.pth (or $ALAE_RAY_INCEPTION_WEIGHTS)")
+    p.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth (or $ALAE_RAY_INCEPTION_WEIGHTS)")
     p.add_argument("--vgg-weights", help="local torchvision vgg16-397923af.pth (or $ALAE_RAY_VGG_WEIGHTS)")
     p.add_argument("--lpips-weights", help="local LPIPS v0.1 vgg.pth (or $ALAE_RAY_LPIPS_WEIGHTS)")
     p.add_argument("--ray", action="store_true", help="spread feature extraction over Ray actors")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -20,7 +20,7 @@ from .frechet import FeatureSums, fid_to_statistics, load_statistics, merge_sums
 from .networks import inception_features
 from .ppl import PPLResult, chunk_distances, summarize
 from .real_images import dataset_identity, iter_real_uint8, uint8_to_float
-from .sampling import ImageModel, chunk_latents, chunks
+from .sampling import ImageModel, chunk_latents, chunks, match_channels
 
 # --- chunk functions (pure: same inputs, same outputs, wherever they run) ------------------------
 
@@ -40,7 +40,7 @@ def reconstructed_sums(im: ImageModel, inception, images: np.ndarray) -> Feature
 
 @torch.no_grad()
 def reconstruction_lpips(im: ImageModel, lpips, images: np.ndarray) -> np.ndarray:
-    x = uint8_to_float(images).to(im.device)
+    x = match_channels(uint8_to_float(images).to(im.device), im.channels)
     return lpips(x, im.reconstruct(x)).double().cpu().numpy()
 
 
@@ -143,7 +143,6 @@ class EvalOptions:
     ppl_sampling: tuple[str, ...] = ("full", "end")
     crop: bool = False
     cache_dir: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -5,8 +5,8 @@ The plain autoencoder is the paper's AE(ℓ2) baseline: x -> E -> G -> x̂, loss
 
 Command line (the runs behind RESULTS.md)::
 
-    python -m alae_ray.eval.mnist_models alae --data ../shared/data/mnist-t10k --kimg 72 --out runs/mnist-alae
-    python -m alae_ray.eval.mnist_models ae   --data ../shared/data/mnist-t10k --kimg 72 --out runs/mnist-ae
+    python -m alae_ray.eval.mnist_models alae --data ../shared/data/mnist-t10k --kimg 80 --out runs/mnist-alae
+    python -m alae_ray.eval.mnist_models ae   --data ../shared/data/mnist-t10k --kimg 80 --out runs/mnist-ae
 """
 
 from __future__ import annotations

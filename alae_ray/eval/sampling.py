@@ -16,6 +16,18 @@ from ..core.config import Config
 from ..core.model import ALAE
 
 
+def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grey -> RGB by repetition, RGB -> grey by ITU-R 601 luma; unchanged when they already match."""
+    if images.shape[1] == channels:
+        return images
+    if images.shape[1] == 1:
+        return images.expand(-1, channels, -1, -1)
+    if images.shape[1] == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device)
+        return (images * weights.view(1, 3, 1, 1)).sum(1, keepdim=True)
+    raise ValueError(f"images have {images.shape[1]} channels, the model {channels}")
+
+
 @dataclass
 class ImageModel:
     model: ALAE
@@ -41,8 +53,8 @@ class ImageModel:
         return out.view(len(out), self.channels, self.resolution, self.resolution) if out.dim() == 2 else out
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [N, C, R, R] as E's input (flattened for the MLP)."""
-        images = images.to(self.device)
+        """Images [N, C, R, R] as E's input (flattened for the MLP); RGB <-> grey to E's channels."""
+        images = match_channels(images.to(self.device), self.channels)
         return images.flatten(1) if self.cfg.model.kind == "mlp" else images
 
     # Styles are broadcast to every layer (authors' design); noise is off so that a latent maps to one image.

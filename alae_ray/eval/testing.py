@@ -56,7 +56,11 @@ def random_lpips_linear(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def write_random_weights(torch_home: str | Path, seed: int = 0) -> Path:
-    """Write all three weight files under ``torch_home/hub/checkpoints``; returns that folder."""
+    """Write all three weight files under ``torch_home/hub/checkpoints``; returns that folder.
+
+    Only ever point this at a temporary folder: the files carry the real weights' names, so in a
+    real torch.hub cache they would silently stand in for the pretrained networks.
+    """
     folder = Path(torch_home) / "hub" / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / INCEPTION_FILE).is_file():

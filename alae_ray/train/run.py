@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.config import Config, ConfigError, load_config
-from ..core.schedule import per_worker_batch, total_kimg
+from ..core.schedule import per_worker_batch, stage_at, total_kimg
 from ..data import open_dataset, prepare, read_level_numpy
 from ..data.prepare import PrepareOptions
 from ..data.sources import shapes_source
@@ -44,6 +44,10 @@ class TrainOptions:
     #                               checkpoints for local storage, ./runs/NAME/artifacts for s3://, then uploaded).
     fail_at_kimg: float | None = None  # Testing: one worker crashes once at this point.
     console: bool = True
+    callbacks: list = field(default_factory=list)  # Ray Train callbacks (e.g. Tune's TuneReportCallback).
+    init_checkpoint: str | None = None  # Start a new run from this checkpoint (local path or s3://);
+    #                                     ignored once the run has checkpoints of its own (resume).
+    objective: dict | None = None  # Report a tuning objective every tick (see alae_ray.tune.objective).
 
 
 def embedded_dataset(resolution: int, count: int, seed: int = 0) -> str:
@@ -77,24 +81,32 @@ def _data_resolutions(cfg: Config, manifest) -> list[int]:
     return need
 
 
-def build_trainer(opts: TrainOptions):
-    import ray.train
-    from ray.train.torch import TorchTrainer
+@dataclass
+class Plan:
+    """Everything checked and resolved before Ray starts, so bad input fails fast and clearly."""
 
-    from ..data.ray_reader import level_datasets
-    from .worker import train_loop_per_worker
+    cfg: Config
+    data: str
+    manifest: object
+    resolutions: list[int]
+    name: str
+    storage_path: str
+    storage_fs: object
+    artifacts_dir: Path
+    upload: str | None
+    max_kimg: float
 
+
+def plan(opts: TrainOptions) -> Plan:
     cfg = load_config(opts.preset, opts.overrides)
     if opts.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {opts.workers}")
-    for r, b in cfg.schedule.batch.items():
+    for b in cfg.schedule.batch.values():
         per_worker_batch(b, opts.workers)  # fail now, naming the batch, rather than inside a worker
     data = opts.data or embedded_dataset(cfg.model.max_resolution if cfg.model.kind == "style" else 32,
                                          opts.shapes_count, cfg.train.seed)
     manifest = open_dataset(data)
     resolutions = _data_resolutions(cfg, manifest)
-    split = "test" if manifest.count(resolutions[-1], "test") >= 8 else "train"
-    fixed = read_level_numpy(manifest, resolutions[-1], split)["image"][:8]
     name = opts.name or cfg.name
     storage_path, storage_fs = _storage(opts.storage)
     if opts.artifacts:
@@ -105,17 +117,52 @@ def build_trainer(opts: TrainOptions):
         artifacts_dir = (Path("runs") / name / "artifacts").resolve()
     upload = f"{opts.storage.rstrip('/')}/{name}/artifacts" if storage_fs is not None else None
     max_kimg = opts.max_kimg if opts.max_kimg is not None else total_kimg(cfg)
-    loop_config = {
-        "cfg": cfg.to_dict(), "max_kimg": max_kimg, "tick_kimg": opts.tick_kimg,
-        "checkpoint_kimg": opts.checkpoint_kimg, "flip": opts.flip, "shuffle_buffer": opts.shuffle_buffer,
-        "artifacts_dir": str(artifacts_dir), "artifacts_upload": upload, "fixed_reals": fixed, "console": opts.console,
-        "data_resolution": resolutions[0] if cfg.model.kind == "mlp" else None,
-        "threads": max(1, int(opts.cpus_per_worker)), "fail_at_kimg": opts.fail_at_kimg,
-    }
+    return Plan(cfg, data, manifest, resolutions, name, storage_path, storage_fs, artifacts_dir, upload, max_kimg)
+
+
+def _tuning_inputs(opts: TrainOptions, cfg: Config, manifest, resolutions: list[int], max_kimg: float):
+    """(images seen at the start, in kimg; held-out images for the objective or None)."""
+    start_kimg = 0.0
+    if opts.init_checkpoint:
+        from ..tune.checkpoints import checkpoint_info
+
+        start_kimg = checkpoint_info(opts.init_checkpoint)[1]["images_seen"] / 1000.0
+    if not opts.objective:
+        return start_kimg, None
+    from ..tune.objective import held_out_images
+
+    if cfg.model.kind == "mlp":
+        need = resolutions
+    else:  # only the levels this run visits
+        lo, hi = (stage_at(cfg, k).resolution for k in (start_kimg, max(start_kimg, max_kimg - 1e-6)))
+        need = [r for r in resolutions if lo <= r <= hi]
+    kind = opts.objective.get("kind", "recon")
+    count = int(opts.objective.get("fid_real" if kind == "fid" else "held_out", 256 if kind == "fid" else 32))
+    return start_kimg, held_out_images(manifest, need, count)
+
+
+def build_trainer(opts: TrainOptions, p: Plan | None = None):
+    import ray.train
     from ray.data import DataContext, ExecutionOptions
+    from ray.train.torch import TorchTrainer
 
+    from ..data.ray_reader import level_datasets
+    from .worker import train_loop_per_worker
+
+    p = p or plan(opts)
+    cfg, manifest, resolutions = p.cfg, p.manifest, p.resolutions
+    split = "test" if manifest.count(resolutions[-1], "test") >= 8 else "train"
+    fixed = read_level_numpy(manifest, resolutions[-1], split)["image"][:8]
+    start_kimg, held_out = _tuning_inputs(opts, cfg, manifest, resolutions, p.max_kimg)
+    loop_config = {
+        "cfg": cfg.to_dict(), "max_kimg": p.max_kimg, "tick_kimg": opts.tick_kimg,
+        "checkpoint_kimg": opts.checkpoint_kimg, "flip": opts.flip, "shuffle_buffer": opts.shuffle_buffer,
+        "artifacts_dir": str(p.artifacts_dir), "artifacts_upload": p.upload, "fixed_reals": fixed,
+        "console": opts.console, "data_resolution": resolutions[0] if cfg.model.kind == "mlp" else None,
+        "threads": max(1, int(opts.cpus_per_worker)), "fail_at_kimg": opts.fail_at_kimg,
+        "init_checkpoint": opts.init_checkpoint, "objective": opts.objective, "held_out": held_out,
+    }
     DataContext.get_current().enable_progress_bars = False  # one console line per tick instead
-
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -125,21 +172,24 @@ def build_trainer(opts: TrainOptions):
         datasets=level_datasets(manifest, "train", resolutions, shuffle="none"),
         dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_path, storage_filesystem=storage_fs,
+            name=p.name, storage_path=p.storage_path, storage_filesystem=p.storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=opts.keep),
-            failure_config=ray.train.FailureConfig(max_failures=opts.max_failures)),
+            failure_config=ray.train.FailureConfig(max_failures=opts.max_failures),
+            callbacks=list(opts.callbacks) or None),
     )
-    return trainer, {"name": name, "data": data, "storage": opts.storage, "artifacts": upload or str(artifacts_dir),
-                     "max_kimg": max_kimg, "config": cfg}
+    return trainer, {"name": p.name, "data": p.data, "storage": opts.storage,
+                     "artifacts": p.upload or str(p.artifacts_dir), "max_kimg": p.max_kimg, "start_kimg": start_kimg,
+                     "config": cfg}
 
 
 def run(opts: TrainOptions) -> dict:
     """Train (or resume) and return a summary: where the checkpoint and samples are."""
     import ray
 
+    p = plan(opts)  # config, batch split, dataset and storage checked before Ray starts
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
-    trainer, info = build_trainer(opts)
+    trainer, info = build_trainer(opts, p)
     result = trainer.fit()
     ckpt = result.checkpoint
     summary = {"name": info["name"], "data": info["data"], "artifacts": info["artifacts"],

@@ -8,7 +8,9 @@ logic is in ``alae_ray.core``.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -85,16 +87,21 @@ class ShardStream:
         return x.flatten(1) if self.flat else x
 
 
+def _gather(obj) -> list:
+    """``obj`` from every rank, in rank order (a list of one without a process group)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def _gather_rng(phases: ALAEPhases) -> dict[str, torch.Tensor]:
-    """Every rank's own RNG state (G's noise), gathered to all ranks for rank 0's checkpoint."""
+    """Every rank's own RNG state (G's noise), gathered for rank 0's checkpoint."""
     mine = {"cpu": torch.get_rng_state()}
     if phases.cuda:
         mine["cuda"] = torch.cuda.get_rng_state(phases.device)
-    states = [mine]
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        states = [None] * dist.get_world_size()
-        dist.all_gather_object(states, mine)
-    return {f"rng.rank{r}.{k}": v for r, s in enumerate(states) for k, v in s.items()}
+    return {f"rng.rank{r}.{k}": v for r, s in enumerate(_gather(mine)) for k, v in s.items()}
 
 
 def _restore_rng(tensors: dict, phases: ALAEPhases) -> None:
@@ -118,6 +125,8 @@ def train_loop_per_worker(config: dict) -> None:
     fixed: dict[str, torch.Tensor] = {}
 
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and config.get("init_checkpoint"):  # a new run started from another run's checkpoint
+        _init_from(config["init_checkpoint"], phases, device, rank)
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             _, tensors, progress = read_checkpoint(Path(d), device)
@@ -129,6 +138,16 @@ def train_loop_per_worker(config: dict) -> None:
             print(f"resumed from checkpoint at {phases.kimg:.2f} kimg (iteration {phases.iteration})", flush=True)
 
     log = artifacts.MetricsLog(out_dir, console=config.get("console", True)) if rank == 0 else None
+    evaluator = None
+    if rank == 0 and config.get("objective"):  # tuning: an objective on a fixed held-out batch every tick
+        from ..tune.objective import Evaluator
+
+        evaluator = Evaluator(config["objective"], config["held_out"], cfg.model.latent_size, device,
+                              flat=cfg.model.kind == "mlp")
+    placement = _gather({"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
+                         "host": socket.gethostname(), "pid": os.getpid(), "device": str(device)})
+    if rank == 0:  # where each worker ran: for people debugging a cluster, and for the cluster test
+        (out_dir / "workers.json").write_text(json.dumps(placement, indent=2))
     every_ckpt = max(1, round(config["checkpoint_kimg"] * 1000))  # in images: exact arithmetic
     next_ckpt = [(phases.images_seen // every_ckpt + 1) * every_ckpt]
     max_kimg = config["max_kimg"]
@@ -142,6 +161,8 @@ def train_loop_per_worker(config: dict) -> None:
                    "alpha": s.alpha, "batch": s.batch, "lr": s.lr, **tick.losses,
                    "sec_per_kimg": tick.sec_per_kimg, "images_per_sec": tick.images_per_sec,
                    "epoch": stream.epoch, "wall_s": time.perf_counter() - t0}
+        if evaluator is not None:
+            metrics.update(evaluator(phases.ema, s))
         if phases.cuda:
             metrics["gpu_mem_gib"] = torch.cuda.max_memory_allocated(phases.device) / 2**30
         due = tick.images_seen >= next_ckpt[0] or tick.images_seen >= stop
@@ -179,6 +200,20 @@ def train_loop_per_worker(config: dict) -> None:
         raise
     if rank == 0:
         log.close()
+
+
+def _init_from(uri: str, phases: ALAEPhases, device, rank: int) -> None:
+    """Networks, EMA, optimizer moments and counters from a checkpoint of another run (per-level
+    tuning); the data stream starts afresh (its saved position is only valid for that run's batches)."""
+    from ..data.storage import resolve
+
+    loc = resolve(uri)
+    with ray.train.Checkpoint(loc.path, filesystem=loc.fs).as_directory() as d:
+        _, tensors, progress = read_checkpoint(Path(d), device)
+    phases.load(tensors, progress)
+    _restore_rng(tensors, phases)
+    if rank == 0:
+        print(f"started from {uri} at {phases.kimg:.2f} kimg (iteration {phases.iteration})", flush=True)
 
 
 def _marker(out_dir: Path) -> Path:

@@ -1,0 +1,100 @@
+"""``alae-ray serve``: run the Serve application for one checkpoint until Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import threading
+
+
+def precheck(uri: str) -> None:
+    """Fail before starting Ray when a local checkpoint is obviously missing (cheap: no loading)."""
+    from alae_ray.core.checkpoint import CONFIG_FILE, PROGRESS_FILE, STATE_FILE
+
+    if uri.startswith("s3://"):
+        return
+    if not os.path.isdir(uri):
+        raise FileNotFoundError(f"checkpoint {uri!r} not found")
+    missing = [n for n in (STATE_FILE, CONFIG_FILE, PROGRESS_FILE) if not os.path.isfile(os.path.join(uri, n))]
+    if missing:
+        raise ValueError(f"checkpoint {uri!r} is incomplete: {', '.join(missing)} missing")
+
+
+def root_message(text: str) -> str:
+    """The user-facing line of a replica traceback: the CheckpointError/ValueError it ended with."""
+    found = re.findall(r"(?:CheckpointError|ValueError|DatasetError): ([^\n]+)", text)
+    return found[-1].strip() if found else text.strip().splitlines()[0] if text.strip() else "unknown error"
+
+
+def startup_error(app_name: str, exc: BaseException) -> str:
+    """Why an application failed to deploy: serve.run's exception only says which deployment failed;
+    the replica's own error is in the deployment status."""
+    from ray import serve
+
+    try:
+        deployments = serve.status().applications[app_name].deployments.values()
+    except Exception:  # Serve itself is gone: the exception is all there is
+        return root_message(str(exc))
+    for d in deployments:
+        if d.message and ("Traceback" in d.message or "Error" in d.message):
+            return root_message(d.message)
+    return root_message(str(exc))
+
+
+def cmd_serve(args) -> int:
+    from ray import serve
+
+    import ray
+
+    from .app import UI_PATH, ServeArgs, build_app
+
+    checkpoint = args.checkpoint if args.checkpoint.startswith("s3://") else os.path.abspath(args.checkpoint)
+    precheck(checkpoint)
+    opts = ServeArgs(checkpoint=checkpoint, device=args.device, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
+                     max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1000.0,
+                     ui=not args.no_ui)
+    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=args.verbose)
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        try:
+            serve.run(build_app(opts), name="alae", route_prefix="/")
+        except Exception as exc:  # a failed replica start arrives as a RuntimeError with its traceback
+            print(f"alae-ray serve: error: the application failed to start: {startup_error('alae', exc)}",
+                  file=sys.stderr)
+            return 2
+        url = f"http://{args.host}:{args.port}"
+        print(f"ALAE serving {checkpoint} at {url}/api (docs {url}/api/docs)"
+              + ("" if args.no_ui else f", UI {url}{UI_PATH}/"), flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while not stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass
+        print("stopping", flush=True)
+        serve.shutdown()
+        return 0
+    finally:
+        ray.shutdown()
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve a checkpoint over HTTP with a web UI (Ray Serve)",
+                       description="Start Ray Serve locally (or on the cluster in RAY_ADDRESS) with the ALAE HTTP "
+                                   "API and Gradio UI for one checkpoint; blocks until Ctrl-C. For production use "
+                                   "deploy/serve.yaml with `serve deploy`.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory: local path or s3://bucket/prefix")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--num-gpus", type=float, default=0, help="GPUs per model replica (default 0)")
+    p.add_argument("--num-cpus", type=float, default=1, help="CPUs per model replica (default 1)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="largest model batch (default 16)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill (default 10)")
+    p.add_argument("--no-ui", action="store_true", help="API only, no Gradio UI")
+    p.add_argument("--verbose", action="store_true", help="show replica logs")
+    p.set_defaults(func=cmd_serve)

@@ -1,0 +1,79 @@
+"""What the HTTP API and the Gradio UI do, over any async model backend (a Serve handle in production).
+
+A backend has async ``encode(images)``, ``synthesize(ws)``, ``reconstruct(images)`` and
+``generate(seeds, psis)``, each returning its result(s) plus the number of requests that shared
+the model's batch. Composite operations (style grids, interpolation) are one encode call and one
+synthesize call each, so their images travel through the model batched too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .engine import lerp_codes, mix_codes
+from .inputs import InputError, Limits, parse_int, parse_psi, parse_seed, parse_w
+from .styles import parse_layers
+
+
+class Backend(Protocol):
+    async def encode(self, images: np.ndarray) -> tuple[np.ndarray, int]: ...
+    async def synthesize(self, ws: np.ndarray) -> tuple[np.ndarray, int]: ...
+    async def reconstruct(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]: ...
+    async def generate(self, seeds: np.ndarray, psis: np.ndarray) -> tuple[np.ndarray, int]: ...
+
+
+@dataclass
+class Result:
+    images: np.ndarray  # uint8 [N, R, R, 3]
+    batch_size: int  # requests that shared the (last) model batch
+    w: np.ndarray | None = None  # float32 [N, L]
+
+
+class Service:
+    def __init__(self, backend: Backend, info: dict[str, Any], limits: Limits = Limits()):
+        self.backend, self.info, self.limits = backend, info, limits
+        self.resolution = int(info["resolution"])
+        self.latent_size = int(info["latent_size"])
+        self.style_layers = int(info["style_layers"])
+        self.num_levels = int(info["num_levels"])
+        self.default_psi = float(info["truncation_psi"])
+
+    async def encode(self, image: np.ndarray) -> Result:
+        w, b = await self.backend.encode(image[None])
+        return Result(np.empty((0,)), b, w)
+
+    async def reconstruct(self, image: np.ndarray) -> Result:
+        imgs, w, b = await self.backend.reconstruct(image[None])
+        return Result(imgs, b, w)
+
+    async def decode(self, w_json: Any) -> Result:
+        ws = parse_w(w_json, self.latent_size, self.style_layers)
+        imgs, b = await self.backend.synthesize(ws[None])
+        return Result(imgs, b)
+
+    async def generate(self, seed: Any, psi: Any = None) -> Result:
+        s = parse_seed(seed)
+        p = self.default_psi if psi is None else parse_psi(psi)
+        imgs, b = await self.backend.generate(np.asarray([s], dtype=np.int64), np.asarray([p], dtype=np.float32))
+        return Result(imgs, b)
+
+    async def mix(self, sources: list[np.ndarray], destinations: list[np.ndarray], layers: Any) -> tuple[Result, range]:
+        """Cells [D, S] flattened row-major into Result.images: destination d with source s's styles."""
+        rng = parse_layers(layers if layers is not None else "coarse", self.num_levels)
+        for name, group in (("source", sources), ("destination", destinations)):
+            if not 1 <= len(group) <= self.limits.max_grid:
+                raise InputError(f"style mixing needs 1 to {self.limits.max_grid} {name} images, got {len(group)}", 422)
+        w, _ = await self.backend.encode(np.stack(sources + destinations))
+        w_src, w_dst = w[:len(sources)], w[len(sources):]
+        codes = mix_codes(w_src, w_dst, rng, self.style_layers)
+        imgs, b = await self.backend.synthesize(codes.reshape(-1, *codes.shape[2:]))
+        return Result(imgs, b), rng
+
+    async def interpolate(self, a: np.ndarray, b: np.ndarray, steps: Any) -> Result:
+        n = parse_int(steps, "steps", 2, self.limits.max_steps)
+        w, _ = await self.backend.encode(np.stack([a, b]))
+        imgs, bs = await self.backend.synthesize(lerp_codes(w[0], w[1], n))
+        return Result(imgs, bs, w)

@@ -1,0 +1,192 @@
+"""The driver of ``alae-ray tune``: check the sweep, start or restore the Tune experiment, export.
+
+Layout of ``<storage>/<name>/``: Tune's experiment state and trial folders, ``sweep.json`` (the
+sweep and dataset this experiment was started with; a resume must match it), ``trials/<trial id>/``
+(each trial's Ray Train run: checkpoints, ``artifacts/metrics.jsonl``, samples), and the exports
+(``results.csv``, ``results.md``, ``best_preset.yaml``, ``best.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+from ..core.config import ConfigError
+from .sweep import SweepPlan, load_sweep, param_space, plan_sweep
+
+RESUME_MODES = ("auto", "always", "never")
+
+
+@dataclass
+class TuneOptions:
+    sweep: str  # Path of the sweep YAML.
+    storage: str = "runs/tune"  # Local folder or s3://bucket/prefix.
+    name: str | None = None  # Experiment name (default: the sweep's name); the same name resumes.
+    data: str | None = None  # Dataset URI (default: the embedded procedural dataset).
+    resume: str = "auto"  # auto: resume if the experiment exists; always: it must; never: it must not.
+    shuffle_buffer: int = 2048
+    verbose: int = 1  # Tune's console output (0 = silent, 1 = status tables).
+
+
+class _Store:
+    """Small text files in the experiment folder, local or on S3."""
+
+    def __init__(self, path: str, fs):
+        self.path, self.fs = path.rstrip("/"), fs
+
+    def read(self, name: str) -> str | None:
+        import pyarrow.fs as pafs
+
+        fs = self.fs or pafs.LocalFileSystem()
+        try:
+            with fs.open_input_stream(f"{self.path}/{name}") as f:
+                return f.read().decode()
+        except (FileNotFoundError, OSError):
+            return None
+
+    def write(self, name: str, text: str) -> str:
+        import pyarrow.fs as pafs
+
+        fs = self.fs or pafs.LocalFileSystem()
+        fs.create_dir(self.path, recursive=True)
+        target = f"{self.path}/{name}"
+        if self.fs is None:  # local: temporary name, then rename
+            tmp = f"{target}.tmp-{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, target)
+        else:
+            with fs.open_output_stream(target) as f:
+                f.write(text.encode())
+        return target
+
+
+def _normalised(obj) -> object:
+    return json.loads(json.dumps(obj, default=str, sort_keys=True))
+
+
+def make_scheduler(plan: SweepPlan):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = plan.sweep
+    if s.scheduler.kind == "fifo":
+        return FIFOScheduler()
+    if s.scheduler.time_attr == "training_iteration":  # one iteration = one objective report
+        per = s.objective.every_kimg
+        grace, max_t = max(1, round(s.grace_kimg / per)), max(1, math.ceil(s.trial.kimg / per - 1e-9))
+    else:
+        grace, max_t = s.grace_kimg, s.trial.kimg
+    return ASHAScheduler(time_attr=s.scheduler.time_attr, grace_period=grace, max_t=max_t,
+                         reduction_factor=s.scheduler.reduction_factor)
+
+
+def make_search(plan: SweepPlan):
+    """(search_alg, max_concurrent_trials for TuneConfig): the basic generator limits concurrency
+    itself (Tune ignores TuneConfig's limit for it); a Searcher gets Tune's ConcurrencyLimiter."""
+    s = plan.sweep.search
+    if s.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=s.seed), s.max_concurrent_trials
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent_trials), None
+
+
+def _check_data(plan: SweepPlan, data: str) -> None:
+    """The dataset must have the levels the trials train (fails before Ray starts, naming the URI)."""
+    from ..data import open_dataset
+    from ..train.run import _data_resolutions
+
+    _data_resolutions(plan.config({}), open_dataset(data))
+
+
+def prepare_sweep(opts: TuneOptions) -> tuple[SweepPlan, str, _Store, str, object, str]:
+    """Every check that needs no Ray: (plan, name, store, storage_path, storage_fs, data)."""
+    from ..train.run import _storage, embedded_dataset
+
+    if opts.resume not in RESUME_MODES:
+        raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)}, got {opts.resume!r}")
+    plan = plan_sweep(load_sweep(opts.sweep))
+    name = opts.name or plan.sweep.name
+    storage_path, fs = _storage(opts.storage)
+    store = _Store(f"{storage_path.rstrip('/')}/{name}", fs)
+    meta_text = store.read("sweep.json")
+    meta = json.loads(meta_text) if meta_text else None
+    if meta is not None and opts.resume == "never":
+        raise ConfigError(f"experiment {opts.storage}/{name} exists; choose another --name or resume it")
+    if meta is None and opts.resume == "always":
+        raise ConfigError(f"nothing to resume at {opts.storage}/{name}")
+    data = opts.data
+    if meta is not None:
+        if meta["sweep"] != _normalised(plan.sweep.to_dict()):
+            raise ConfigError(f"experiment {opts.storage}/{name} was started with a different sweep than "
+                              f"{plan.sweep.path}; restore that file or choose another --name")
+        if data and data != meta["data"]:
+            raise ConfigError(f"experiment {opts.storage}/{name} was started with --data {meta['data']}, not {data}")
+        data = meta["data"]
+    if not data:
+        cfg = plan.config({})
+        data = embedded_dataset(cfg.model.max_resolution if cfg.model.kind == "style" else 32, 4000, cfg.train.seed)
+    _check_data(plan, data)
+    if meta is None:
+        store.write("sweep.json", json.dumps({"sweep": _normalised(plan.sweep.to_dict()), "data": data}, indent=2))
+    return plan, name, store, storage_path, fs, data
+
+
+def run_sweep(opts: TuneOptions) -> dict:
+    """Run (or resume) a sweep to the end; export the table and the best preset; return a summary."""
+    plan, name, store, storage_path, fs, data = prepare_sweep(opts)
+
+    import ray
+    from ray import tune
+
+    from .export import best_preset_text, best_row, to_csv, to_markdown, trial_rows
+    from .trainable import run_trial
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+    s = plan.sweep
+    ctx = {"plan": plan, "data": data, "trials_storage": f"{'s3://' if fs is not None else ''}{store.path}/trials",
+           "shuffle_buffer": opts.shuffle_buffer}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"CPU": s.trial.driver_cpus})
+    exp = store.path
+    resumed = tune.Tuner.can_restore(exp, storage_filesystem=fs) if opts.resume != "never" else False
+    if resumed:
+        tuner = tune.Tuner.restore(exp, trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False, storage_filesystem=fs)
+    else:
+        search_alg, max_concurrent = make_search(plan)
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(s),
+            tune_config=tune.TuneConfig(metric="objective", mode=s.objective.mode, scheduler=make_scheduler(plan),
+                                        search_alg=search_alg, num_samples=s.search.num_samples,
+                                        max_concurrent_trials=max_concurrent),
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=fs,
+                                      verbose=opts.verbose))
+    grid = tuner.fit()
+    rows = trial_rows(grid, plan)
+    files = {"results_csv": store.write("results.csv", to_csv(rows)),
+             "results_md": store.write("results.md", to_markdown(rows, f"Sweep {s.name} ({s.objective.kind}, lower is better)"))}
+    best = best_row(rows)
+    if best is not None:
+        files["best_preset"] = store.write("best_preset.yaml", best_preset_text(plan, best))
+        files["best_json"] = store.write("best.json", json.dumps(best, indent=2, default=str))
+    return {"name": name, "experiment": exp if fs is None else f"s3://{exp}", "resumed": resumed, "data": data,
+            "trials": rows, "best": best, "files": files}
+
+
+def format_summary(summary: dict) -> str:
+    from collections import Counter
+
+    counts = Counter(r["status"] for r in summary["trials"])
+    lines = [f"sweep {summary['name']}{' (resumed)' if summary['resumed'] else ''}: {len(summary['trials'])} trials ("
+             + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")"]
+    best = summary["best"]
+    if best is not None:
+        lines.append(f"  best: {best['trial_id']} objective {best['objective']:.6g} after {best['trial_kimg']:g} kimg")
+    for key, path in summary["files"].items():
+        lines.append(f"  {key.replace('_', ' ')}: {path}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Applications built on alae_ray (the Gradio UI)."""

@@ -1,0 +1,138 @@
+"""Cluster deployment: cluster.yaml validates offline, and jobs run on a real two-node Ray cluster.
+
+The two nodes are `ray start` processes on this machine (a head and a worker joining it), driven
+with the real `ray job submit --working-dir`, as a user would drive an AWS cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def validate(cfg: dict) -> dict:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(cfg))
+    validate_config(prepared)
+    return prepared
+
+
+def test_cluster_yaml_validates_offline():
+    cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    prepared = validate(cfg)
+    types = prepared["available_node_types"]
+    assert {"head", "gpu_1x", "gpu_8x"} <= set(types)
+    assert types["gpu_1x"]["min_workers"] == 0 and types["gpu_8x"]["max_workers"] >= 1  # autoscaled
+    assert all(t["node_config"]["IamInstanceProfile"] for t in types.values())  # S3 via instance profile
+    assert any("pip install -e ." in c for c in prepared["setup_commands"])
+
+
+@pytest.mark.parametrize("breakage", ["bad_type", "unknown_head", "unknown_key"])
+def test_broken_cluster_yaml_is_rejected(breakage):
+    cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    if breakage == "bad_type":
+        cfg["available_node_types"]["gpu_1x"]["max_workers"] = "eight"
+    elif breakage == "unknown_head":
+        cfg["head_node_type"] = "gpu_16x"
+    else:
+        cfg["max_wokers"] = 3
+    with pytest.raises(Exception):
+        validate(cfg)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster(tmp_path_factory):
+    """A head (3 CPUs) and a worker node (3 CPUs) on loopback; the dashboard takes job submissions."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    gcs, dash = free_port(), free_port()
+    ray = str(BIN / "ray")
+
+    def own_ports() -> list[str]:
+        # Every agent on its own free port: Ray's fixed defaults (52365, ...) clash with any other
+        # Ray on the machine, and the job agent then never comes up.
+        names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                 "metrics-export-port", "ray-client-server-port")
+        return [f"--{n}={free_port()}" for n in names]
+
+    # A short temp dir: Ray's socket paths must fit in 107 characters.
+    temp_dir = Path("/tmp") / f"ray-{gcs}"
+    head = subprocess.run([ray, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+                           "--num-cpus=3", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                           f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--disable-usage-stats", *own_ports()],
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert head.returncode == 0, head.stderr[-2000:]
+    worker = subprocess.run([ray, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=3", "--disable-usage-stats", *own_ports()],
+                            env=env, capture_output=True, text=True, timeout=180)
+    try:
+        assert worker.returncode == 0, worker.stderr[-2000:]
+        yield {"address": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}", "env": env, "tmp": tmp}
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def submit(cluster, *entrypoint: str, timeout: float = 900) -> str:
+    """`ray job submit --working-dir` a copy of the project; returns the job's logs once it succeeded."""
+    env = {**cluster["env"], "RAY_ADDRESS": cluster["address"]}
+    for _ in range(20):  # a fresh head's job agent takes a while to come up
+        out = subprocess.run([str(BIN / "ray"), "job", "submit", "--working-dir", str(ROOT),
+                              "--runtime-env", str(ROOT / "deploy" / "runtime_env.yaml"), "--", *entrypoint],
+                             env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        if "No available agent" not in out.stdout + out.stderr:
+            break
+        time.sleep(3)
+    assert out.returncode == 0, (out.stdout[-4000:], out.stderr[-2000:])
+    assert "succeeded" in (out.stdout + out.stderr).lower()  # "Job ... succeeded"
+    return out.stdout
+
+
+def cluster_nodes(cluster) -> set[str]:
+    code = ("import ray, json; ray.init(address='%s'); "
+            "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))" % cluster["gcs"])
+    out = subprocess.run([sys.executable, "-c", code], env=cluster["env"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.ray
+@pytest.mark.e2e
+def test_training_job_runs_on_both_nodes(two_node_cluster):
+    tmp = two_node_cluster["tmp"]
+    storage, cache = tmp / "runs", tmp / "cache"
+    # Two workers of 2 CPUs cannot share a 3-CPU node: one lands on each node.
+    submit(two_node_cluster, "env", f"ALAE_RAY_CACHE={cache}", sys.executable, "-m", "alae_ray.cli",
+           "train", "--workers", "2", "--cpus-per-worker", "2", "--max-kimg", "0.128",
+           "--tick-kimg", "0.032", "--checkpoint-kimg", "0.064", "--storage", str(storage), "--name", "job")
+    run_dir = storage / "job"
+    checkpoints = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+    assert checkpoints and (checkpoints[-1] / "state.safetensors").is_file()
+    progress = json.loads((checkpoints[-1] / "progress.json").read_text())
+    assert progress["images_seen"] == 128
+    placement = json.loads((run_dir / "artifacts" / "workers.json").read_text())
+    assert [w["rank"] for w in placement] == [0, 1]
+    used = {w["node_id"] for w in placement}
+    assert len(used) == 2 and used <= cluster_nodes(two_node_cluster)

@@ -1,0 +1,110 @@
+"""A real browser on the Gradio UI served by Ray Serve: upload a face, reconstruct it, mix styles.
+
+Headless Debian Chromium driven by Playwright (no browser download: ``executable_path``). The
+screenshot is saved under the test's tmp_path (its path is printed) and, when the repository has an
+``artifacts/screenshots/`` folder, copied there.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from test_serve_http import start_ray
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ray]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ui_server(tmp_path_factory):
+    import ray
+    from ray import serve
+
+    from alae_ray.core.checkpoint import write_checkpoint
+    from alae_ray.core.config import load_config
+    from alae_ray.core.loop import TensorImages, train
+    from alae_ray.core.phases import ALAEPhases
+    from alae_ray.serve.app import ServeArgs, build_app
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
+    cfg = load_config("tiny", ["train.seed=4"])
+    phases = ALAEPhases(cfg)
+    train(phases, TensorImages(torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1),
+          max_kimg=0.2)
+    ckpt = write_checkpoint(tmp_path_factory.mktemp("ui-ckpt") / "tiny", cfg, phases.tensors(), phases.progress())
+
+    temp = tempfile.mkdtemp(prefix="ray-ui-", dir="/tmp")
+    start_ray(temp)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(ServeArgs(checkpoint=str(ckpt))), name="alae", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _output_image(page, elem_id: str, timeout_ms: int = 60_000):
+    """Wait until the output component shows an image, and return its natural size."""
+    img = page.locator(f"#{elem_id} img")
+    img.first.wait_for(state="visible", timeout=timeout_ms)
+    page.wait_for_function(
+        "id => { const i = document.querySelector(`#${id} img`); return i && i.complete && i.naturalWidth > 0; }",
+        arg=elem_id, timeout=timeout_ms)
+    return img.first.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+
+
+def test_browser_reconstruct_and_mix(ui_server, shared_data, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    faces = sorted((shared_data / "faces128").glob("*.png"))
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{ui_server}/", wait_until="networkidle", timeout=60_000)
+        assert page.url.endswith("/ui/")
+        page.get_by_text("Adversarial Latent Autoencoder").first.wait_for(timeout=30_000)
+
+        # Reconstruction: upload a real face, run, wait for the output image.
+        page.locator("#rec-input input[type=file]").set_input_files(str(faces[0]))
+        page.locator("#rec-input img").first.wait_for(state="visible", timeout=30_000)
+        page.locator("#rec-run").click()
+        w, h = _output_image(page, "rec-output")
+        assert w == h == 32  # the model's resolution, shown as PNG
+        page.screenshot(path=str(tmp_path / "reconstruction.png"), full_page=True)
+
+        # Style mixing: two sources x one destination, middle band; the Figure 9 grid appears.
+        page.get_by_role("tab", name="Style mixing").click()
+        page.locator("#mix-sources input[type=file]").set_input_files([str(faces[1]), str(faces[2])])
+        page.locator("#mix-destinations input[type=file]").set_input_files([str(faces[3])])
+        page.wait_for_timeout(5000)
+        page.screenshot(path="/tmp/srv/dbg.png", full_page=True)
+        open("/tmp/srv/dbg.html", "w").write(page.locator("#mix-sources").inner_html())
+        page.get_by_text(faces[2].name).first.wait_for(timeout=30_000)
+        page.get_by_text(faces[3].name).first.wait_for(timeout=30_000)
+        page.locator("#mix-run").click()
+        w, h = _output_image(page, "mix-output")
+        assert (w, h) == (3 * 32, 2 * 32)  # header row + 1 destination; corner + 2 sources
+        shot = tmp_path / "style_mixing.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert not errors, errors
+    print(f"\nscreenshots: {tmp_path / 'reconstruction.png'} {shot}")
+    artifacts = REPO / "artifacts" / "screenshots"
+    if artifacts.is_dir():
+        for p in (tmp_path / "reconstruction.png", shot):
+            shutil.copy(p, artifacts / f"serve_{p.name}")

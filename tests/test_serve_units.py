@@ -1,0 +1,332 @@
+"""Serving without Ray: upload decoding and validation, style ranges, JSON values, the engine, the service.
+
+The byte builders here (``png_bytes``, ``raw_png``, ...) are also used by the HTTP tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alae_ray.serve.inputs import (InputError, Limits, decode_image, encode_png, fit_square, parse_json, parse_psi,
+                                   parse_seed, parse_w, strip, style_grid)
+from alae_ray.serve.styles import band_layers, describe_bands, parse_layers
+
+# --- byte builders -----------------------------------------------------------------------------
+
+
+def png_bytes(im: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def raw_png(arr: np.ndarray | None, bit_depth: int, color_type: int, size: tuple[int, int] | None = None) -> bytes:
+    """A PNG written by hand: any bit depth / colour type Pillow cannot write, or a lying header.
+
+    ``arr`` [H, W, C] (or None with ``size`` = (W, H) for a header with no pixel data).
+    """
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    if arr is None:
+        w, h = size
+        idat = zlib.compress(b"")
+    else:
+        h, w = arr.shape[:2]
+        rows = arr.astype(">u2" if bit_depth == 16 else "u1").reshape(h, -1)
+        idat = zlib.compress(b"".join(b"\x00" + r.tobytes() for r in rows))
+    ihdr = struct.pack(">IIBBBBB", w, h, bit_depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def gradient(w: int = 48, h: int = 48) -> np.ndarray:
+    """uint8 [H, W, 3] with distinct content everywhere (crops and resizes are visible)."""
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) % 256], -1).astype(np.uint8)
+
+
+def variants() -> dict[str, bytes]:
+    """The colour/bit-depth cases that must be accepted and converted to 8-bit RGB."""
+    rgb = gradient()
+    rgba = np.concatenate([rgb, np.full((48, 48, 1), 128, np.uint8)], -1)
+    return {
+        "rgb_png": png_bytes(Image.fromarray(rgb)),
+        "jpeg": png_bytes(Image.fromarray(rgb), "JPEG"),
+        "cmyk_jpeg": png_bytes(Image.fromarray(rgb).convert("CMYK"), "JPEG"),
+        "gray8": png_bytes(Image.fromarray(rgb[..., 0])),
+        "gray16": png_bytes(Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)),
+        "rgb16": raw_png(rgb.astype(np.uint16) * 257, 16, 2),
+        "rgba": png_bytes(Image.fromarray(rgba, "RGBA")),
+        "rgba16": raw_png(rgba.astype(np.uint16) * 257, 16, 6),
+        "gray_alpha": png_bytes(Image.fromarray(rgba[..., [0, 3]], "LA")),
+        "palette": png_bytes(Image.fromarray(rgb).convert("P")),
+        "webp": png_bytes(Image.fromarray(rgb), "WEBP"),
+        "non_square": png_bytes(Image.fromarray(gradient(80, 40))),
+    }
+
+
+def bad_uploads() -> dict[str, tuple[bytes, int]]:
+    """Uploads that must be refused: (bytes, expected status) under the default limits."""
+    good_png = png_bytes(Image.fromarray(gradient(64, 64)))
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    good_jpeg = png_bytes(Image.fromarray(noise), "JPEG")  # mostly scan data: half of it cuts the scan
+    return {
+        "not_an_image": (b"this is not an image, just text\n" * 4, 415),
+        "empty": (b"", 400),
+        "truncated_png": (good_png[: len(good_png) // 2], 400),
+        "truncated_jpeg": (good_jpeg[: len(good_jpeg) // 2], 400),
+        "bomb_declared": (raw_png(None, 8, 2, size=(5000, 5000)), 413),  # under Pillow's own bomb limit
+        "bomb_huge": (raw_png(None, 8, 2, size=(100_000, 100_000)), 413),  # Pillow refuses it at open
+        "html": (b"<html><body>hi</body></html>", 415),
+    }
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(variants()))
+def test_variants_become_rgb8_at_resolution(name):
+    out = decode_image(variants()[name], 32)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    assert out.std() > 5  # real content, not a blank
+
+
+def test_sixteen_bit_and_eight_bit_agree():
+    v = variants()
+    a, b = decode_image(v["gray8"], 32).astype(int), decode_image(v["gray16"], 32).astype(int)
+    assert np.abs(a - b).max() <= 1
+    a, b = decode_image(v["rgb_png"], 32).astype(int), decode_image(v["rgb16"], 32).astype(int)
+    assert np.abs(a - b).max() <= 1
+
+
+def test_alpha_is_composited_over_white():
+    rgba = np.zeros((8, 8, 4), np.uint8)  # fully transparent black
+    out = decode_image(png_bytes(Image.fromarray(rgba, "RGBA")), 8)
+    assert (out == 255).all()
+
+
+def test_non_square_is_centre_cropped_then_area_resized():
+    img = gradient(80, 40)
+    out = decode_image(png_bytes(Image.fromarray(img)), 20)
+    crop = Image.fromarray(img[:, 20:60])  # the centred 40x40 square
+    want = np.asarray(crop.resize((20, 20), Image.Resampling.BOX))
+    assert np.array_equal(out, want)
+    # smaller than the model resolution: enlarged, still square
+    assert fit_square(Image.fromarray(gradient(10, 6)), 32).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("name", list(bad_uploads()))
+def test_bad_uploads_are_refused_with_a_status(name):
+    data, status = bad_uploads()[name]
+    with pytest.raises(InputError) as err:
+        decode_image(data, 32)
+    assert err.value.status == status
+    assert "Traceback" not in err.value.message and "/" not in err.value.message.split(":")[0]
+
+
+def test_byte_and_pixel_limits():
+    data = png_bytes(Image.fromarray(gradient(64, 64)))
+    with pytest.raises(InputError) as err:
+        decode_image(data, 32, Limits(max_upload_bytes=len(data) - 1))
+    assert err.value.status == 413 and "limit" in err.value.message
+    with pytest.raises(InputError) as err:
+        decode_image(data, 32, Limits(max_pixels=64 * 64 - 1))
+    assert err.value.status == 413 and "64x64" in err.value.message
+    assert decode_image(data, 32, Limits(max_upload_bytes=len(data), max_pixels=64 * 64)).shape == (32, 32, 3)
+
+
+def test_png_roundtrip_grid_and_strip():
+    img = gradient(16, 16)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(img)))), img)
+    src, dst = np.zeros((3, 4, 4, 3), np.uint8), np.full((2, 4, 4, 3), 9, np.uint8)
+    cells = np.arange(2 * 3, dtype=np.uint8).reshape(2, 3, 1, 1, 1) * np.ones((1, 1, 4, 4, 3), np.uint8)
+    grid = style_grid(src, dst, cells)
+    assert grid.shape == (12, 16, 3)
+    assert (grid[:4, :4] == 255).all() and (grid[:4, 4:] == 0).all() and (grid[4:, :4] == 9).all()
+    assert (grid[8:12, 12:16] == cells[1, 2]).all()
+    assert strip(np.stack([img, img])).shape == (16, 32, 3)
+
+
+# --- values ------------------------------------------------------------------------------------
+
+
+def test_style_bands_follow_the_paper_and_scale_down():
+    # 1024x1024 (9 levels, 18 inputs): the paper's Figure 9 bands
+    assert band_layers(9) == {"coarse": range(0, 4), "middle": range(4, 8), "fine": range(8, 18)}
+    assert band_layers(7)["fine"] == range(8, 14)  # 256x256
+    # tiny (4x4 -> 32x32): coarse = 4x4, middle = 8-16, fine = 32
+    assert band_layers(4) == {"coarse": range(0, 2), "middle": range(2, 6), "fine": range(6, 8)}
+    assert describe_bands(4)["middle"] == {"layers": [2, 6], "resolutions": "8x8-16x16"}
+    for n in range(1, 10):  # bands never overlap and stay inside the model
+        layers = [i for r in band_layers(n).values() for i in r]
+        assert len(layers) == len(set(layers)) and all(0 <= i < 2 * n for i in layers)
+
+
+@pytest.mark.parametrize("spec,want", [("coarse", range(0, 2)), (" Fine ", range(6, 8)), ("0:4", range(0, 4)),
+                                       ("3", range(3, 4)), ("7:8", range(7, 8))])
+def test_parse_layers_ok(spec, want):
+    assert parse_layers(spec, 4) == want
+
+
+@pytest.mark.parametrize("spec", ["", "coarsest", "4:2", "3:3", "0:9", "8", "-1:2", "1:2:3", "a:b", "1.5"])
+def test_parse_layers_rejects(spec):
+    with pytest.raises(InputError) as err:
+        parse_layers(spec, 4)
+    assert err.value.status == 422
+
+
+def test_empty_band_is_rejected_for_tiny_models():
+    with pytest.raises(InputError, match="middle"):
+        parse_layers("middle", 2)
+
+
+def test_parse_w():
+    w = parse_w([0.5] * 4, 4, 3)
+    assert w.shape == (3, 4) and w.dtype == np.float32
+    assert parse_w([[float(i)] * 4 for i in range(3)], 4, 3)[2, 0] == 2.0
+    for bad in ([0.5] * 3, [], "x", None, [[0.0] * 4] * 2, [0.1, 0.2, "a", 0.3], [1e309] * 4, [True] * 4,
+                [0.0, 0.0, 0.0, 1e6], [[0.0] * 4, [0.0] * 3, [0.0] * 4]):
+        with pytest.raises(InputError) as err:
+            parse_w(bad, 4, 3)
+        assert err.value.status == 422, bad
+
+
+def test_parse_json_and_scalars():
+    assert parse_json(b'{"seed": 3}') == {"seed": 3}
+    for body in (b"", b"{", b'{"w": NaN}', b'{"w": [Infinity]}', b"\xff\xfe"):
+        with pytest.raises(InputError) as err:
+            parse_json(body)
+        assert err.value.status == 400
+    assert parse_seed(7) == 7 and parse_seed("12") == 12 and parse_seed(3.0) == 3
+    for bad in (-1, 1.5, "abc", 2**64, True, None, [1]):
+        with pytest.raises(InputError):
+            parse_seed(bad)
+    assert parse_psi(0.7) == pytest.approx(0.7) and parse_psi("1") == 1.0
+    for bad in (float("nan"), float("inf"), 5, -3, "x", None, True):
+        with pytest.raises(InputError):
+            parse_psi(bad)
+
+
+# --- engine and service (real model, no Ray) ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from alae_ray.core.checkpoint import write_checkpoint
+    from alae_ray.core.config import load_config
+    from alae_ray.core.loop import TensorImages, train
+    from alae_ray.core.phases import ALAEPhases
+
+    cfg = load_config("tiny", ["train.seed=3"])
+    phases = ALAEPhases(cfg)
+    images = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    train(phases, TensorImages(images, seed=0), max_kimg=0.1)
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", cfg, phases.tensors(), phases.progress())
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_checkpoint):
+    from alae_ray.serve.engine import open_engine
+
+    return open_engine(str(tiny_checkpoint), device="cpu")
+
+
+def test_engine_matches_the_model(engine):
+    imgs = np.stack([decode_image(v, 32) for v in list(variants().values())[:5]])
+    w = engine.encode(imgs)
+    assert w.shape == (5, 64) and np.isfinite(w).all()
+    rec, w2 = engine.reconstruct(imgs)
+    assert np.allclose(w, w2, atol=1e-5) and rec.shape == (5, 32, 32, 3)
+    assert np.abs(engine.synthesize(w).astype(int) - rec.astype(int)).max() <= 1
+    # one image alone gives what it gives inside a batch
+    assert np.allclose(engine.encode(imgs[2:3]), w[2:3], atol=1e-4)
+    # mix: the core's mix_styles, layer for layer
+    from alae_ray.serve.engine import mix_codes
+
+    ws = mix_codes(w[:2], w[2:4], range(0, 2), 8)  # [D=2, S=2, 8, 64]
+    got = engine.synthesize(ws.reshape(-1, 8, 64))
+    with torch.no_grad():
+        ref = engine.model.mix_styles(torch.from_numpy(w[1:2]), torch.from_numpy(w[3:4]), 3, range(0, 2))
+    assert np.abs(got[3].astype(int) - Engine_to_images(ref)[0].astype(int)).max() <= 1
+
+
+def Engine_to_images(x):
+    from alae_ray.serve.engine import Engine
+
+    return Engine._to_images(x)
+
+
+def test_generate_is_deterministic_and_truncates(engine):
+    a = engine.generate(np.array([1, 2]), np.array([0.7, 0.7]))
+    b = engine.generate(np.array([2]), np.array([0.7]))
+    assert np.array_equal(a[1], b[0]) and not np.array_equal(a[0], a[1])
+    # psi = 0 on every layer collapses every seed onto the average face
+    engine.cutoff, cutoff = engine.style_layers, engine.cutoff
+    try:
+        z = engine.generate(np.array([1, 2]), np.array([0.0, 0.0]))
+    finally:
+        engine.cutoff = cutoff
+    assert np.array_equal(z[0], z[1])
+
+
+def test_checkpoint_mismatch_names_the_checkpoint(tiny_checkpoint, tmp_path):
+    import json
+    import shutil
+
+    from alae_ray.core.checkpoint import CheckpointError
+    from alae_ray.serve.engine import open_engine
+
+    bad = tmp_path / "mismatch"
+    shutil.copytree(tiny_checkpoint, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model"]["latent_size"] = 32
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="mismatch.*does not match its config"):
+        open_engine(str(bad))
+    with pytest.raises(CheckpointError, match="not found"):
+        open_engine(str(tmp_path / "nowhere"))
+
+
+class LocalBackend:
+    """The Service's backend over an Engine in this process (what the Serve deployment wraps)."""
+
+    def __init__(self, engine):
+        self.e = engine
+
+    async def encode(self, images):
+        return self.e.encode(images), 1
+
+    async def synthesize(self, ws):
+        return self.e.synthesize(ws), 1
+
+    async def reconstruct(self, images):
+        return (*self.e.reconstruct(images), 1)
+
+    async def generate(self, seeds, psis):
+        return self.e.generate(seeds, psis), 1
+
+
+def test_service_composites(engine):
+    from alae_ray.serve.service import Service
+
+    svc = Service(LocalBackend(engine), engine.info())
+    faces = [decode_image(v, 32) for v in list(variants().values())[:4]]
+    r, rng = asyncio.run(svc.mix(faces[:3], faces[3:], "coarse"))
+    assert rng == range(0, 2) and r.images.shape == (3, 32, 32, 3)
+    r = asyncio.run(svc.interpolate(faces[0], faces[1], "5"))
+    assert r.images.shape == (5, 32, 32, 3)
+    # the ends of the path are the two reconstructions
+    rec = engine.reconstruct(np.stack(faces[:2]))[0]
+    assert np.abs(r.images[[0, -1]].astype(int) - rec.astype(int)).max() <= 1
+    for call in (svc.mix([], faces[:1], "coarse"), svc.mix(faces[:1] * 9, faces[:1], "coarse"),
+                 svc.interpolate(faces[0], faces[1], 1), svc.generate(-5), svc.decode([1.0] * 3)):
+        with pytest.raises(InputError):
+            asyncio.run(call)

@@ -1,0 +1,232 @@
+"""Tuning without Ray: sweep files, bad input (exit code 2, naming the file/key/URI), per-trial
+configs, the objectives, and the exports."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+from alae_ray.cli import main
+from alae_ray.core.config import ConfigError, load_config
+from alae_ray.tune.sweep import load_sweep, parse_sweep, plan_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+BASE = {"preset": "tiny", "space": {"train.r1_gamma": {"loguniform": [1.0, 30.0]}},
+        "objective": {"every_kimg": 0.064}, "trial": {"kimg": 0.256}}
+
+
+def write(tmp_path, data, name="s.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def fake_checkpoint(folder: Path, kimg: float = 1.088, **overrides) -> str:
+    """config.json + progress.json (+ an empty state file): enough for the sweep checks."""
+    cfg = load_config("tiny", overrides)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(cfg.to_json())
+    (folder / "progress.json").write_text(json.dumps({"images_seen": round(kimg * 1000), "level": 1}))
+    (folder / "state.safetensors").write_bytes(b"")
+    return str(folder)
+
+
+def tune_cli(capsys, *args) -> tuple[int, str]:
+    rc = main(["tune", *args])
+    return rc, capsys.readouterr().err
+
+
+def test_repository_sweeps_parse():
+    tiny = load_sweep(REPO / "tuning" / "tiny_r1_lr.yaml")
+    assert tiny.preset == "tiny" and tiny.scheduler.kind == "asha" and tiny.objective.kind == "recon"
+    assert {p.key for p in tiny.space} >= {"train.r1_gamma", "schedule.lr"}
+    plan = plan_sweep(tiny)
+    assert plan.start_kimg == 0 and plan.max_kimg == tiny.trial.kimg
+    ffhq = load_sweep(REPO / "tuning" / "ffhq256_level.yaml")
+    assert ffhq.start.resolution == 256 and ffhq.trial.gpu and ffhq.trial.workers > 1
+    assert {p.key for p in ffhq.space} >= {"schedule.lr.256", "schedule.batch.256", "train.r1_gamma"}
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda d: d.update(bogus=1), "bogus"),
+    (lambda d: d.update(search={"algorithm": "random", "num_sampels": 3}), "search.num_sampels"),
+    (lambda d: d.update(trial={"kimg": 0.256, "gpus": 1}), "trial.gpus"),
+    (lambda d: d["space"].update({"train.r1_gama": {"uniform": [1, 2]}}), "space.train.r1_gama"),
+    (lambda d: d["space"].update({"train.r1_gamma": {"loguniform": [0.0, 10.0]}}), "space.train.r1_gamma"),
+    (lambda d: d["space"].update({"train.r1_gamma": {"normal": [1, 2]}}), "space.train.r1_gamma"),
+    (lambda d: d["space"].update({"train.r1_gamma": {"uniform": [5, 1]}}), "space.train.r1_gamma"),
+    (lambda d: d["space"].update({"train.style_mixing_prob": {"uniform": [0.5, 1.5]}}), "space.train.style_mixing_prob"),
+    (lambda d: d["space"].update({"schedule.batch": {"choice": [16, 32]}}), "space.schedule.batch"),
+    (lambda d: d["space"].update({"schedule.lr.48": {"choice": [0.001]}}), "space.schedule.lr.48"),
+    (lambda d: d["space"].update({"schedule.lr.64": {"choice": [0.001]}}), "space.schedule.lr.64"),  # > max_resolution
+    (lambda d: d["space"].update({"schedule.batch.8": {"choice": [16, -4]}}), "space.schedule.batch.8"),
+    (lambda d: d.update(scheduler={"kind": "hyperband"}), "scheduler.kind"),
+    (lambda d: d.update(objective={"kind": "lpips"}), "objective.kind"),
+    (lambda d: d.update(search={"algorithm": "bayes"}), "search.algorithm"),
+])
+def test_bad_sweep_files_fail_at_once_naming_file_and_key(tmp_path, capsys, mutate, needle):
+    data = json.loads(json.dumps(BASE))
+    mutate(data)
+    path = write(tmp_path, data)
+    rc, err = tune_cli(capsys, "--sweep", path, "--check", "--storage", str(tmp_path / "runs"))
+    assert rc == 2
+    assert path in err and needle in err, err
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_missing_sweep_file_and_checkpoint_uri(tmp_path, capsys):
+    rc, err = tune_cli(capsys, "--sweep", str(tmp_path / "nope.yaml"), "--check")
+    assert rc == 2 and "nope.yaml" in err
+    missing = str(tmp_path / "runs" / "no-such-checkpoint")
+    data = {**BASE, "start": {"checkpoint": missing, "resolution": 8}}
+    rc, err = tune_cli(capsys, "--sweep", write(tmp_path, data), "--check")
+    assert rc == 2 and missing in err and "does not exist" in err
+
+
+def test_per_resolution_sweep_checks(tmp_path, capsys):
+    ckpt = fake_checkpoint(tmp_path / "ckpt", kimg=1.088)  # tiny: 8x8 from 1.0 to 3.0 kimg
+    ok = {"start": {"checkpoint": ckpt, "resolution": 8}, "objective": {"every_kimg": 0.064},
+          "trial": {"kimg": 0.256},
+          "space": {"schedule.lr.8": {"grid": [0.001, 0.002]}, "schedule.batch.8": {"choice": [16, 32]},
+                    "train.r1_gamma": {"uniform": [1, 10]}}}
+    plan = plan_sweep(parse_sweep(ok, "ok.yaml"))  # no preset: the checkpoint's config is the base
+    assert plan.start_kimg == pytest.approx(1.088) and plan.start_level == 1
+    cfg = plan.config({"schedule.lr.8": 0.001, "schedule.batch.8": 16, "train.r1_gamma": 3.0})
+    assert cfg.schedule.lr == {4: 0.002, 8: 0.001} and cfg.schedule.batch == {4: 32, 8: 16, 16: 16}
+    for space, needle in [({"schedule.lr.16": {"choice": [0.001]}}, "space.schedule.lr.16"),
+                          ({"schedule.lr": {"choice": [0.001]}}, "space.schedule.lr"),
+                          ({"schedule.fade_kimg": {"choice": [1.0]}}, "space.schedule.fade_kimg")]:
+        path = write(tmp_path, {**ok, "space": space}, "bad.yaml")
+        rc, err = tune_cli(capsys, "--sweep", path, "--check")
+        assert rc == 2 and needle in err, err
+    # the checkpoint must be in the level, and trials must stay in it
+    path = write(tmp_path, {**ok, "start": {"checkpoint": ckpt, "resolution": 16}}, "wrong_level.yaml")
+    rc, err = tune_cli(capsys, "--sweep", path, "--check")
+    assert rc == 2 and "start.resolution" in err and ckpt in err
+    path = write(tmp_path, {**ok, "trial": {"kimg": 5.0}}, "too_long.yaml")
+    rc, err = tune_cli(capsys, "--sweep", path, "--check")
+    assert rc == 2 and "would leave the 8px level" in err
+    # a preset whose model differs from the checkpoint's
+    path = write(tmp_path, {**ok, "preset": "mnist"}, "other_model.yaml")
+    rc, err = tune_cli(capsys, "--sweep", path, "--check")
+    assert rc == 2 and "differs from the model of checkpoint" in err
+
+
+def test_trial_config_base_lr_then_levels():
+    plan = plan_sweep(parse_sweep({**BASE, "overrides": {"schedule.lr": {4: 0.003, 16: 0.001}},
+                                   "space": {"schedule.lr": {"loguniform": [1e-4, 1e-2]},
+                                             "schedule.lr.16": {"choice": [0.0005]},
+                                             "schedule.batch.16": {"choice": [8]},
+                                             "train.ema_kimg": {"choice": [2.0]}}}, "x.yaml"))
+    cfg = plan.config({"schedule.lr": 0.004, "schedule.lr.16": 0.0005, "schedule.batch.16": 8,
+                       "train.ema_kimg": 2.0}, name="trial")
+    assert cfg.name == "trial"
+    assert cfg.schedule.lr == {4: 0.004, 16: 0.0005}  # the base lr replaces the table; levels on top
+    assert cfg.schedule.batch == {4: 32, 16: 8} and cfg.train.ema_kimg == 2.0
+    assert plan.config({}).schedule.lr == {4: 0.003, 16: 0.001}  # fixed overrides alone
+
+
+def test_fid_objective_is_wired_to_eval(tmp_path, capsys):
+    data = {**BASE, "objective": {"kind": "fid", "every_kimg": 0.064, "inception_weights": str(tmp_path / "none.pth")}}
+    rc, err = tune_cli(capsys, "--sweep", write(tmp_path, data), "--check")
+    assert rc == 2 and "inception_weights" in err and "none.pth" in err
+
+
+# --- objectives -----------------------------------------------------------------------------------
+
+
+def tiny_model():
+    from alae_ray.core.model import ALAE
+
+    torch.manual_seed(0)
+    return ALAE(load_config("tiny").model).eval()
+
+
+def test_recon_objective_finite_and_non_finite():
+    from alae_ray.tune.objective import DIVERGED, fixed_latents, recon_objective
+
+    model = tiny_model()
+    x = torch.rand(8, 3, 8, 8) * 2 - 1
+    z = fixed_latents(8, 64, seed=0)
+    a = recon_objective(model, x, z, level=1, alpha=0.5)
+    b = recon_objective(model, x, z, level=1, alpha=0.5)
+    assert a == b and a["objective_finite"] and 0 < a["objective"] < DIVERGED
+    assert a["objective"] == pytest.approx(a["obj_rec"] + a["obj_lae"])
+    assert torch.equal(fixed_latents(8, 64, seed=0), z)  # fixed z, independent of torch's global RNG
+    with torch.no_grad():
+        next(model.G.parameters()).fill_(float("nan"))
+    bad = recon_objective(model, x, z, level=1, alpha=0.5)
+    assert bad["objective"] == DIVERGED and not bad["objective_finite"]
+
+
+def test_fid_objective_with_a_stand_in_feature_network():
+    from alae_ray.tune.objective import fid_objective, fixed_latents, real_statistics
+
+    model = tiny_model()
+    proj = torch.randn(3 * 8 * 8, 16, generator=torch.Generator().manual_seed(0))
+    features = lambda x: (x.flatten(1) @ proj).double()  # noqa: E731
+    z = fixed_latents(64, 64, seed=1)
+    own = model.generate(z, 1, 1.0, noise=False)
+    mu, sigma = real_statistics(own, features)
+    same = fid_objective(model, z, 1, 1.0, mu, sigma, features)
+    other = fid_objective(model, z, 1, 1.0, mu + 5.0, sigma, features)
+    assert same["objective"] == pytest.approx(0.0, abs=1e-6)
+    assert other["objective"] == pytest.approx(16 * 25.0, rel=1e-6)  # |Δmu|^2
+
+
+# --- exports --------------------------------------------------------------------------------------
+
+
+def fake_result(trial_id, lr, objs, kimgs, error=None, diverged=False):
+    import pandas as pd
+
+    last = {"trial_id": trial_id, "objective": objs[-1] if objs else None, "trial_kimg": kimgs[-1] if kimgs else 0.0,
+            "kimg": kimgs[-1] if kimgs else 0.0, "resolution": 4, "objective_finite": not diverged,
+            "checkpoint_path": f"/x/{trial_id}/checkpoint"}
+    if diverged:
+        last["diverged"] = True
+    return SimpleNamespace(metrics=last if objs else {}, config={"schedule.lr": lr, "train.r1_gamma": 5.0},
+                           metrics_dataframe=pd.DataFrame({"objective": objs}) if objs else None,
+                           error=error, path=f"/x/run_trial_{trial_id * 5}_0000{ord(trial_id) - 97}_1_schedule_lr={lr}_2026-11-20")
+
+
+def test_exports_table_and_best_preset(tmp_path):
+    from alae_ray.tune.export import best_preset_text, best_row, to_csv, to_markdown, trial_rows
+
+    plan = plan_sweep(parse_sweep({**BASE, "space": {"schedule.lr": {"loguniform": [1e-4, 1.0]},
+                                                     "train.r1_gamma": {"uniform": [1, 10]}}}, "x.yaml"))
+    results = [fake_result("a", 0.002, [0.9, 0.5, 0.4, 0.3], [0.064, 0.128, 0.192, 0.256]),
+               fake_result("b", 0.001, [0.8, 0.2], [0.064, 0.128]),  # better, but stopped early
+               fake_result("c", 0.003, [0.9, 0.45, 0.41, 0.35], [0.064, 0.128, 0.192, 0.256]),
+               fake_result("d", 1.0, [1e9], [0.032], diverged=True),
+               fake_result("e", 0.5, [], [], error=RuntimeError("boom\nmore"))]
+    rows = trial_rows(results, plan)
+    assert [r["trial_id"] for r in rows] == ["a", "c", "b", "d", "eeeee_00004"]
+    assert [r["status"] for r in rows] == ["completed", "completed", "stopped", "diverged", "error"]
+    assert rows[0]["best_objective"] == 0.3 and rows[3]["objective"] is None and rows[4]["error"] == "boom"
+    best = best_row(rows)
+    assert best["trial_id"] == "a"
+    csv_text = to_csv(rows)
+    assert csv_text.splitlines()[0].startswith("trial_id,status,schedule.lr,train.r1_gamma") and len(csv_text.splitlines()) == 6
+    md = to_markdown(rows, "t")
+    assert md.count("\n| ") == 6 and "| a | completed |" in md
+    path = tmp_path / "best.yaml"
+    path.write_text(best_preset_text(plan, best))
+    cfg = load_config(str(path))
+    assert cfg.schedule.lr == {4: 0.002} and cfg.train.r1_gamma == 5.0 and cfg.name == "x_best"
+    assert cfg.model == load_config("tiny").model
+    assert best_row([r for r in rows if r["status"] != "completed"])["trial_id"] == "b"
+    assert best_row([r for r in rows if r["status"] in ("diverged", "error")]) is None
+
+
+def test_sanitize():
+    from alae_ray.tune.objective import DIVERGED, sanitize
+
+    assert sanitize(1.5) == 1.5 and sanitize(math.nan) == DIVERGED and sanitize(math.inf) == DIVERGED

@@ -1,0 +1,195 @@
+"""Ray Tune sweeps for real: trials are Ray Train runs of the tiny preset on a local Ray.
+
+Trials are a few kimg at 4x4 (2 iterations per objective report), so each takes seconds once its
+TorchTrainer is up. The 3-trial sweep runs its trials one at a time so that ASHA's decisions are
+reproducible (training is deterministic: a trial's objective at each rung does not vary between runs).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD, BETTER, BAD = 0.002, 0.001, 10.0  # BETTER's objective is below GOOD's at every rung; BAD explodes
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shapes32(tmp_path_factory, ray_local):
+    from alae_ray.data import PrepareOptions, prepare
+    from alae_ray.data.sources import shapes_source
+
+    uri = str(tmp_path_factory.mktemp("data") / "shapes32")
+    prepare(shapes_source(300, 32, seed=0), uri, PrepareOptions(progress=False, test_count=32))
+    return uri
+
+
+def write_sweep(path: Path, **sections) -> str:
+    data = {"preset": "tiny", "search": {"num_samples": 1, "max_concurrent_trials": 1},
+            "scheduler": {"kind": "asha", "grace_kimg": 0.064, "reduction_factor": 2},
+            "objective": {"every_kimg": 0.064, "held_out": 16}, "trial": {"kimg": 0.256}}
+    data.update(sections)
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def sweep(tmp_path, sweep_file: str, data: str, **kw) -> dict:
+    from alae_ray.tune.runner import TuneOptions, run_sweep
+
+    return run_sweep(TuneOptions(sweep=sweep_file, storage=str(tmp_path / "tune"), data=data, verbose=0,
+                                 shuffle_buffer=64, **kw))
+
+
+def trial_metrics(summary: dict, trial_id: str) -> list[dict]:
+    path = Path(summary["experiment"]) / "trials" / trial_id / "artifacts" / "metrics.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+@pytest.fixture(scope="module")
+def asha_sweep(tmp_path_factory, shapes32):
+    tmp = tmp_path_factory.mktemp("asha")
+    path = write_sweep(tmp / "asha.yaml", name="asha", space={"schedule.lr": {"grid": [GOOD, BETTER, BAD]},
+                                                             "train.r1_gamma": 5.0})
+    t0 = time.perf_counter()
+    summary = sweep(tmp, path, shapes32)
+    summary["seconds"] = time.perf_counter() - t0
+    return summary
+
+
+def test_three_trial_sweep_completes_and_asha_stops_the_bad_trial(asha_sweep):
+    rows = {r["schedule.lr"]: r for r in asha_sweep["trials"]}
+    assert set(rows) == {GOOD, BETTER, BAD}
+    assert rows[GOOD]["status"] == rows[BETTER]["status"] == "completed"
+    for lr in (GOOD, BETTER):
+        assert rows[lr]["trial_kimg"] == pytest.approx(0.256) and rows[lr]["reports"] == 4
+        assert 0 < rows[lr]["objective"] < 100
+    bad = rows[BAD]
+    assert bad["status"] in ("stopped", "diverged"), bad  # not an error, not a crashed sweep
+    assert bad["trial_kimg"] < min(rows[GOOD]["trial_kimg"], rows[BETTER]["trial_kimg"])
+    assert bad["objective"] is None or bad["objective"] > 10 * rows[GOOD]["objective"]
+    # the objective was reported at fixed kimg: every 0.064 kimg, the time attribute ASHA used
+    got = trial_metrics(asha_sweep, rows[BETTER]["trial_id"])
+    assert [round(m["kimg"], 3) for m in got] == [0.064, 0.128, 0.192, 0.256]
+    assert all(m["lr"] == BETTER and "objective" in m and "obj_rec" in m for m in got)
+    # exports
+    exp = Path(asha_sweep["experiment"])
+    csv_lines = (exp / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 4 and csv_lines[0].startswith("trial_id,status,schedule.lr,train.r1_gamma")
+    assert (exp / "results.md").read_text().count("| completed |") == 2
+    assert asha_sweep["best"]["schedule.lr"] == BETTER
+    assert json.loads((exp / "best.json").read_text())["trial_id"] == rows[BETTER]["trial_id"]
+
+
+@pytest.fixture(scope="module")
+def best_run(asha_sweep, shapes32, tmp_path_factory):
+    """The exported best preset, trained into the 8x8 level (tiny: 4x4 until 1 kimg)."""
+    from alae_ray.train.run import TrainOptions, run
+
+    preset = Path(asha_sweep["experiment"]) / "best_preset.yaml"
+    tmp = tmp_path_factory.mktemp("best")
+    return preset, run(TrainOptions(preset=str(preset), data=shapes32, storage=str(tmp / "runs"), name="best",
+                                    max_kimg=1.088, tick_kimg=0.128, checkpoint_kimg=0.544, console=False,
+                                    shuffle_buffer=64))
+
+
+def test_best_preset_loads_and_trains(best_run):
+    from alae_ray.core.checkpoint import read_checkpoint
+    from alae_ray.core.config import load_config
+
+    preset, summary = best_run
+    cfg = load_config(str(preset))
+    assert cfg.name == "asha_best" and cfg.schedule.lr == {4: BETTER} and cfg.train.r1_gamma == 5.0
+    assert cfg.model == load_config("tiny").model
+    assert summary["kimg"] == pytest.approx(1.088)
+    _, _, progress = read_checkpoint(summary["checkpoint"])
+    assert progress["images_seen"] == 1088 and progress["level"] == 1
+
+
+def test_per_resolution_sweep_starts_from_the_checkpoint_level(best_run, shapes32, tmp_path):
+    from alae_ray.core.checkpoint import read_checkpoint
+
+    _, summary = best_run
+    ckpt = summary["checkpoint"]
+    seen = read_checkpoint(ckpt)[2]["images_seen"]
+    path = write_sweep(tmp_path / "level8.yaml", name="level8", start={"checkpoint": ckpt, "resolution": 8},
+                       space={"schedule.lr.8": {"grid": [0.001, 0.003]}, "schedule.batch.8": 16},
+                       search={"num_samples": 1, "max_concurrent_trials": 2},
+                       scheduler={"kind": "fifo"}, trial={"kimg": 0.128})
+    out = sweep(tmp_path, path, shapes32)
+    assert len(out["trials"]) == 2 and all(r["status"] == "completed" for r in out["trials"])
+    for row in out["trials"]:
+        got = trial_metrics(out, row["trial_id"])
+        first = got[0]
+        assert first["level"] == 1 and first["resolution"] == 8  # the checkpoint's level, not 4x4
+        assert first["kimg"] * 1000 >= seen and first["kimg"] == pytest.approx(seen / 1000 + 0.064)
+        assert {m["lr"] for m in got} == {row["schedule.lr.8"]} and {m["batch"] for m in got} == {16}
+        assert got[-1]["kimg"] == pytest.approx(seen / 1000 + 0.128) and row["trial_kimg"] == pytest.approx(0.128)
+    best = yaml.safe_load((Path(out["experiment"]) / "best_preset.yaml").read_text())
+    assert best["schedule"]["batch"][8] == 16 and best["schedule"]["lr"][8] in (0.001, 0.003)
+    assert best["schedule"]["lr"][4] == BETTER  # the other levels keep the checkpoint's schedule
+
+
+def _terminated(exp: Path) -> list[str]:
+    states = sorted(glob.glob(str(exp / "experiment_state-*.json")))
+    if not states:
+        return []
+    try:
+        data = json.loads(Path(states[-1]).read_text())
+    except (OSError, ValueError):
+        return []  # being rewritten
+    trials = [json.loads(t[0]) for t in data["trial_data"]]
+    return [t["trial_id"] for t in trials if t["status"] == "TERMINATED"]
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, shapes32, tmp_path):
+    path = write_sweep(tmp_path / "resume.yaml", name="resume", space={"schedule.lr": {"grid": [0.002, 0.001, 0.0015]}},
+                       scheduler={"kind": "fifo"}, trial={"kimg": 0.192})
+    exp = tmp_path / "tune" / "resume"
+    env = {**os.environ, "RAY_ADDRESS": ray_local, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    cmd = [sys.executable, "-m", "alae_ray.cli", "tune", "--sweep", path, "--storage", str(tmp_path / "tune"),
+           "--data", shapes32, "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not _terminated(exp) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        done_before = _terminated(exp)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]  # still running: a real interruption
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert 1 <= len(done_before) < 3, done_before
+    finished = {t: (exp / "trials" / t / "artifacts" / "metrics.jsonl").read_text() for t in done_before}
+
+    from alae_ray.tune.runner import TuneOptions, run_sweep
+
+    out = run_sweep(TuneOptions(sweep=path, storage=str(tmp_path / "tune"), resume="always", verbose=0,
+                                shuffle_buffer=64))
+    assert out["resumed"] and out["data"] == shapes32  # the dataset came from the experiment
+    assert len(out["trials"]) == 3 and all(r["status"] == "completed" for r in out["trials"])
+    for t, text in finished.items():  # not rerun: their Train runs did not report again
+        assert (exp / "trials" / t / "artifacts" / "metrics.jsonl").read_text() == text
+    assert (exp / "results.csv").read_text().count("completed") == 3
