@@ -200,7 +200,7 @@ def test_lpips_loads_from_the_hub_cache_and_is_a_distance(torch_home):
 
 
 def test_lpips_matches_the_reference_package_when_installed(torch_home):
-    lpips_pkg = pytest.importorskip("lpips")  # not installed on the CI image; runs where it is
+    import lpips as lpips_pkg  # the reference implementation (test extra)
     import torchvision
 
     from alae_ray.eval.networks import LPIPS
@@ -233,7 +233,7 @@ def test_local_weight_files_and_missing_ones(torch_home, monkeypatch):
 
 
 def test_iter_real_images_from_a_folder_and_from_mnist(image_folder, mnist_dir, tmp_path):
-    from alae_ray.eval.real_images import dataset_identity, iter_real_images, register_prepared_dataset_reader
+    from alae_ray.eval.real_images import dataset_identity, iter_real_images
 
     batches = list(iter_real_images(str(image_folder), 16, "test", batch=10))
     assert [b.shape for b in batches] == [(10, 3, 16, 16), (10, 3, 16, 16), (4, 3, 16, 16)]
@@ -246,14 +246,17 @@ def test_iter_real_images_from_a_folder_and_from_mnist(image_folder, mnist_dir, 
     assert dataset_identity(str(image_folder), "train") != before
     assert dataset_identity(str(mnist_dir), "test") != dataset_identity(str(mnist_dir), "train")
 
-    (tmp_path / "manifest.json").write_text("{}")  # looks like a prepared dataset: goes through the hook
-    with pytest.raises(ValueError, match="register_prepared_dataset_reader"):
-        next(iter_real_images(str(tmp_path), 8, "test"))
-    register_prepared_dataset_reader(lambda uri, res, split, batch: iter([np.zeros((2, 3, res, res), np.uint8)]))
-    try:
-        assert next(iter_real_images(str(tmp_path), 8, "test")).shape == (2, 3, 8, 8)
-    finally:
-        register_prepared_dataset_reader(None)
+    from alae_ray.data import PrepareOptions, prepare, read_level_numpy
+    from alae_ray.data.sources import shapes_source
+
+    prepared = str(tmp_path / "shapes")  # a prepared (Parquet) dataset, read level by level
+    prepare(shapes_source(40, 16, seed=0), prepared, PrepareOptions(test_count=10, progress=False))
+    got = torch.cat(list(iter_real_images(prepared, 8, "test", batch=4)))
+    want = read_level_numpy(prepared, 8, "test")["image"]
+    assert got.shape == (10, 3, 8, 8)
+    assert torch.equal(got, torch.from_numpy(want.copy()).float().div(127.5).sub(1.0))
+    with pytest.raises(ValueError, match="no level 12"):
+        next(iter_real_images(prepared, 12, "test"))
     with pytest.raises(FileNotFoundError):
         next(iter_real_images(str(tmp_path / "missing"), 8, "test"))
 

@@ -6,7 +6,7 @@ is the only module that imports Ray.
 
 from .frechet import FeatureSums, feature_statistics, frechet_distance, frechet_distance_to_features
 from .ppl import filtered_mean, lerp, perceptual_path_length, slerp
-from .real_images import iter_real_images, register_prepared_dataset_reader
+from .real_images import iter_real_images
 
 __all__ = ["FeatureSums", "feature_statistics", "filtered_mean", "frechet_distance", "frechet_distance_to_features",
-           "iter_real_images", "lerp", "perceptual_path_length", "register_prepared_dataset_reader", "slerp"]
+           "iter_real_images", "lerp", "perceptual_path_length", "slerp"]

@@ -8,8 +8,8 @@
 * MNIST IDX files: a folder holding ``{split}-images-idx3-ubyte[.gz]`` (``split`` is ``t10k`` or
   ``train``; ``test`` means ``t10k``), or ``mnist:FOLDER``; 28x28 digits, resized if ``resolution``
   differs;
-* a prepared (Parquet) alae-ray dataset, local or ``s3://``, through ``PREPARED_DATASET_READER``:
-  the hook the ``alae_ray.data`` reader plugs into (see ``register_prepared_dataset_reader``).
+* a prepared (Parquet) alae-ray dataset (``alae-ray prepare``), local or ``s3://``, read level by
+  level in stored order (``resolution`` must be one of its levels).
 
 ``dataset_identity`` names what was read (path, sizes, modification times) for the statistics cache.
 """
@@ -19,25 +19,13 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 MANIFEST_FILE = "manifest.json"  # alae_ray.data.layout.MANIFEST
-
-# Hook for prepared (Parquet) datasets: fn(uri, resolution, split, batch) -> iterator of uint8
-# [N, C, R, R] NumPy arrays. None until alae_ray.data provides it.
-PreparedReader = Callable[[str, int, str, int], Iterator[np.ndarray]]
-PREPARED_DATASET_READER: PreparedReader | None = None
-
-
-def register_prepared_dataset_reader(reader: PreparedReader | None) -> None:
-    """Plug in the reader of prepared datasets (``alae_ray.data``); None unplugs it."""
-    global PREPARED_DATASET_READER
-    PREPARED_DATASET_READER = reader
-
 
 def uint8_to_float(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, C, H, W] -> float32 in [-1, 1] (copies: IDX arrays are read-only NumPy views)."""
@@ -111,10 +99,9 @@ def iter_real_uint8(uri: str, resolution: int, split: str = "test", batch: int =
     """uint8 [B, C, R, R] batches of real images, in a fixed order, at most ``limit`` images."""
     limit = limit if limit is not None else np.iinfo(np.int64).max
     if _is_prepared(uri):
-        if PREPARED_DATASET_READER is None:
-            raise ValueError(f"{uri}: prepared (Parquet) datasets need alae_ray.data's reader, not plugged in "
-                             f"yet (alae_ray.eval.real_images.register_prepared_dataset_reader)")
-        source = PREPARED_DATASET_READER(uri, resolution, split, batch)
+        from ..data.reader import iter_level_batches
+
+        source = (b["image"] for b in iter_level_batches(uri, resolution, split, batch))
     elif (mnist := _mnist_folder(uri)) is not None:
         from ..data.idx import load_mnist
 
