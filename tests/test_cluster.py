@@ -90,8 +90,25 @@ def two_node_cluster(tmp_path_factory):
         assert worker.returncode == 0, worker.stderr[-2000:]
         yield {"address": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}", "env": env, "tmp": tmp}
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_cluster(gcs, temp_dir)
+
+
+def stop_cluster(gcs_port: int, temp_dir: Path) -> None:
+    """Stop this cluster's processes only (`ray stop` would kill every Ray on the machine)."""
+    import psutil
+
+    marks = (str(temp_dir), f"127.0.0.1:{gcs_port}", f"--gcs_server_port={gcs_port}")
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if p.pid != os.getpid() and any(m in cmd for m in marks):
+            procs.append(p)
+    for p in procs:
+        p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for p in alive:
+        p.kill()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def submit(cluster, *entrypoint: str, timeout: float = 900) -> str:

@@ -84,23 +84,26 @@ def test_browser_reconstruct_and_mix(ui_server, shared_data, tmp_path):
         page.locator("#rec-input img").first.wait_for(state="visible", timeout=30_000)
         page.locator("#rec-run").click()
         w, h = _output_image(page, "rec-output")
-        assert w == h == 32  # the model's resolution, shown as PNG
+        assert w == h == 256  # the model's 32x32, enlarged 8x for display
         page.screenshot(path=str(tmp_path / "reconstruction.png"), full_page=True)
 
         # Style mixing: two sources x one destination, middle band; the Figure 9 grid appears.
         page.get_by_role("tab", name="Style mixing").click()
         page.locator("#mix-sources input[type=file]").set_input_files([str(faces[1]), str(faces[2])])
         page.locator("#mix-destinations input[type=file]").set_input_files([str(faces[3])])
-        page.wait_for_timeout(5000)
-        page.screenshot(path="/tmp/srv/dbg.png", full_page=True)
-        open("/tmp/srv/dbg.html", "w").write(page.locator("#mix-sources").inner_html())
-        page.get_by_text(faces[2].name).first.wait_for(timeout=30_000)
-        page.get_by_text(faces[3].name).first.wait_for(timeout=30_000)
+        # uploaded: one row per file in each File component
+        page.wait_for_function("() => document.querySelectorAll('#mix-sources tr.file').length === 2 && "
+                               "document.querySelectorAll('#mix-destinations tr.file').length === 1", timeout=30_000)
         page.locator("#mix-run").click()
         w, h = _output_image(page, "mix-output")
-        assert (w, h) == (3 * 32, 2 * 32)  # header row + 1 destination; corner + 2 sources
+        assert (w, h) == (3 * 256, 2 * 256)  # corner + 2 sources across, header + 1 destination down
         shot = tmp_path / "style_mixing.png"
         page.screenshot(path=str(shot), full_page=True)
+
+        # Generation: a seed gives a face.
+        page.get_by_role("tab", name="Generation").click()
+        page.locator("#gen-run").click()
+        assert _output_image(page, "gen-output") == [256, 256]
         browser.close()
     assert not errors, errors
     print(f"\nscreenshots: {tmp_path / 'reconstruction.png'} {shot}")

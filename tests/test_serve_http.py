@@ -14,7 +14,6 @@ import socket
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,7 +134,7 @@ def test_info_health_and_ui_mount(server):
     info = requests.get(f"{server}/api/info", timeout=30).json()
     assert info["resolution"] == RES and info["latent_size"] == 64 and info["style_layers"] == 8
     assert info["checkpoint"] == "tiny" and "/" not in info["checkpoint"]  # no server paths
-    assert info["bands"]["coarse"]["layers"] == [0, 2] and info["bands"]["fine"]["resolutions"] == "32x32-32x32"
+    assert info["bands"]["coarse"]["layers"] == [0, 2] and info["bands"]["fine"]["resolutions"] == "32x32"
     assert requests.get(f"{server}/healthz", timeout=30).json() == {"status": "ok"}
     assert requests.get(f"{server}/api/openapi.json", timeout=30).json()["paths"]["/api/mix"]
     page = requests.get(f"{server}/", timeout=30)  # redirected to the Gradio UI
@@ -348,6 +347,32 @@ def test_concurrent_requests_are_batched(server, faces):
     ref = encode(server, faces[0])
     for i in range(0, n, 4):
         assert np.allclose(np.asarray(results[i].json()["w"]), ref, atol=1e-4)
+
+
+def test_different_requests_share_model_batches(server, faces):
+    """decode ([S, L] and [L] codes), interpolation and mixing all go through the batched synthesize."""
+    w = encode(server, faces[0]).tolist()
+    calls = [lambda: requests.post(f"{server}/api/decode", json={"w": w}, timeout=120),
+             lambda: requests.post(f"{server}/api/decode", json={"w": [w] * 8}, timeout=120),
+             lambda: requests.post(f"{server}/api/interpolate", files={"a": ("a.png", faces[0]), "b": ("b.png", faces[1])},
+                                   data={"steps": "3"}, timeout=120),
+             lambda: requests.post(f"{server}/api/mix", files=[("source", ("s.png", faces[2])),
+                                                              ("destination", ("d.png", faces[3]))], timeout=120)]
+    barrier = threading.Barrier(16)
+    results: list = [None] * 16
+
+    def client(i: int):
+        barrier.wait()
+        results[i] = calls[i % 4]()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.status_code == 200 for r in results), [r.text for r in results if r.status_code != 200]
+    assert results[0].content == results[4].content  # the same request, whatever batch it shared
+    assert requests.get(f"{server}/api/stats", timeout=30).json()["synthesize"]["max"] > 1
 
 
 # --- checkpoints on S3, and a checkpoint that does not match its config ------------------------

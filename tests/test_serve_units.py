@@ -255,13 +255,17 @@ def test_engine_matches_the_model(engine):
     got = engine.synthesize(ws.reshape(-1, 8, 64))
     with torch.no_grad():
         ref = engine.model.mix_styles(torch.from_numpy(w[1:2]), torch.from_numpy(w[3:4]), 3, range(0, 2))
-    assert np.abs(got[3].astype(int) - Engine_to_images(ref)[0].astype(int)).max() <= 1
+    assert np.abs(got[3].astype(int) - engine._to_images(ref)[0].astype(int)).max() <= 1
 
 
-def Engine_to_images(x):
-    from alae_ray.serve.engine import Engine
+def test_device_choice():
+    from alae_ray.serve.engine import pick_device
 
-    return Engine._to_images(x)
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            pick_device("cuda")
 
 
 def test_generate_is_deterministic_and_truncates(engine):
@@ -330,3 +334,39 @@ def test_service_composites(engine):
                  svc.interpolate(faces[0], faces[1], 1), svc.generate(-5), svc.decode([1.0] * 3)):
         with pytest.raises(InputError):
             asyncio.run(call)
+
+
+# --- deployment config and CLI (no cluster) ------------------------------------------------------
+
+
+def test_serve_yaml_builds_with_typed_args():
+    from pathlib import Path
+
+    import yaml
+    from pydantic import ValidationError
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.schema import ServeDeploySchema
+
+    from alae_ray.serve.app import build_app
+
+    conf = ServeDeploySchema.model_validate(yaml.safe_load((Path(__file__).parents[1] / "deploy" / "serve.yaml").read_text()))
+    assert conf.http_options.host == "127.0.0.1"
+    app = conf.applications[0]
+    assert app.import_path == "alae_ray.serve.app:build_app"
+    assert type(call_user_app_builder_with_args_if_necessary(build_app, app.args)).__name__ == "Application"
+    for bad in ({"max_batch_size": "lots"}, {"max_batch_size": 0}, {"chekpoint": "x"}):
+        with pytest.raises(ValidationError):
+            call_user_app_builder_with_args_if_necessary(build_app, {**app.args, **bad})
+
+
+def test_cli_refuses_a_missing_checkpoint_before_starting_ray(tmp_path, capsys):
+    from alae_ray.cli import main
+    from alae_ray.serve.cli import root_message
+
+    assert main(["serve", "--checkpoint", str(tmp_path / "none")]) == 2
+    assert "not found" in capsys.readouterr().err
+    (tmp_path / "half").mkdir()
+    assert main(["serve", "--checkpoint", str(tmp_path / "half")]) == 2
+    assert "incomplete" in capsys.readouterr().err
+    tb = "Traceback (most recent call last):\n  File x\nalae_ray.core.checkpoint.CheckpointError: checkpoint 'c' does not match"
+    assert root_message(tb) == "checkpoint 'c' does not match"

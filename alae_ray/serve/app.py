@@ -15,7 +15,7 @@ from collections import Counter
 from typing import Optional
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -30,6 +30,8 @@ UI_PATH = "/ui"
 
 class ServeArgs(BaseModel):
     """Arguments of the application builder (``args:`` in deploy/serve.yaml, flags of ``alae-ray serve``)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelled key in serve.yaml is an error, not a default
 
     checkpoint: str = Field(description="checkpoint directory: a local path or s3://bucket/prefix")
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda or cuda:N")
@@ -101,6 +103,9 @@ class ModelServer:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def synthesize(self, ws: list[np.ndarray]) -> list:
+        # Requests may send [N, L] or [N, S, L]; one batch needs one shape.
+        s = self.engine.style_layers
+        ws = [w if w.ndim == 3 else np.repeat(w[:, None], s, axis=1) for w in ws]
         return await self._run("synthesize", self.engine.synthesize, [(w,) for w in ws])
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)

@@ -75,5 +75,6 @@ class Service:
     async def interpolate(self, a: np.ndarray, b: np.ndarray, steps: Any) -> Result:
         n = parse_int(steps, "steps", 2, self.limits.max_steps)
         w, _ = await self.backend.encode(np.stack([a, b]))
-        imgs, bs = await self.backend.synthesize(lerp_codes(w[0], w[1], n))
+        codes = np.repeat(lerp_codes(w[0], w[1], n)[:, None], self.style_layers, axis=1)  # [n, S, L]
+        imgs, bs = await self.backend.synthesize(codes)
         return Result(imgs, bs, w)

@@ -45,8 +45,8 @@ def describe_bands(num_levels: int) -> dict[str, dict]:
     out = {}
     for name, lv in band_levels(num_levels).items():
         res = [4 * 2**k for k in lv]
-        out[name] = {"layers": [2 * lv.start, 2 * lv.stop],
-                     "resolutions": f"{res[0]}x{res[0]}-{res[-1]}x{res[-1]}" if res else "none"}
+        span = "none" if not res else f"{res[0]}x{res[0]}" + (f"-{res[-1]}x{res[-1]}" if len(res) > 1 else "")
+        out[name] = {"layers": [2 * lv.start, 2 * lv.stop], "resolutions": span}
     return out
 
 
