@@ -29,7 +29,9 @@ GOOD, BETTER, BAD = 0.002, 0.001, 10.0  # BETTER's objective is below GOOD's at 
 def ray_local():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    from alae_ray.tune.runner import RAY_ENV
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -18,6 +18,13 @@ from .sweep import SweepPlan, load_sweep, param_space, plan_sweep
 
 RESUME_MODES = ("auto", "always", "never")
 
+# Environment of the Ray job that runs a sweep. A finished trial's Ray Data executor dies with its
+# Train controller without cancelling its resource request to Ray Data's autoscaling coordinator;
+# the request then blocks the CPUs it had reserved until it expires (180 s by default), and on a
+# small cluster the next trial's data pipeline gets no CPU at all until then. Trials come and go,
+# so let such requests lapse after 20 s (live executors renew theirs every ~10 s).
+RAY_ENV = {"RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S": "20"}
+
 
 @dataclass
 class TuneOptions:
@@ -78,8 +85,10 @@ def make_scheduler(plan: SweepPlan):
         grace, max_t = max(1, round(s.grace_kimg / per)), max(1, math.ceil(s.trial.kimg / per - 1e-9))
     else:
         grace, max_t = s.grace_kimg, s.trial.kimg
+    # stop_last_trials=False: a trial that reaches max_t ends by itself (its Train run finishes and
+    # releases its workers) instead of being killed by Tune on its last report.
     return ASHAScheduler(time_attr=s.scheduler.time_attr, grace_period=grace, max_t=max_t,
-                         reduction_factor=s.scheduler.reduction_factor)
+                         reduction_factor=s.scheduler.reduction_factor, stop_last_trials=False)
 
 
 def make_search(plan: SweepPlan):
@@ -147,12 +156,16 @@ def run_sweep(opts: TuneOptions) -> dict:
     from .trainable import run_trial
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                 runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}})
     s = plan.sweep
     ctx = {"plan": plan, "data": data, "trials_storage": f"{'s3://' if fs is not None else ''}{store.path}/trials",
            "shuffle_buffer": opts.shuffle_buffer}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"CPU": s.trial.driver_cpus})
     exp = store.path
+    from .cleanup import orphan_cleaner, remove_orphaned_placement_groups
+
+    remove_orphaned_placement_groups()  # e.g. left by an interrupted run of this sweep
     resumed = tune.Tuner.can_restore(exp, storage_filesystem=fs) if opts.resume != "never" else False
     if resumed:
         tuner = tune.Tuner.restore(exp, trainable, resume_unfinished=True, resume_errored=False,
@@ -165,8 +178,9 @@ def run_sweep(opts: TuneOptions) -> dict:
                                         search_alg=search_alg, num_samples=s.search.num_samples,
                                         max_concurrent_trials=max_concurrent),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=fs,
-                                      verbose=opts.verbose))
+                                      verbose=opts.verbose, callbacks=[orphan_cleaner()]))
     grid = tuner.fit()
+    remove_orphaned_placement_groups()
     rows = trial_rows(grid, plan)
     files = {"results_csv": store.write("results.csv", to_csv(rows)),
              "results_md": store.write("results.md", to_markdown(rows, f"Sweep {s.name} ({s.objective.kind}, lower is better)"))}
