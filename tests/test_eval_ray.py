@@ -6,6 +6,8 @@ random-weight feature networks from the files the driver resolved in a temporary
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -60,7 +62,9 @@ def test_distributed_and_single_process_fid_agree(ray_cluster, torch_home, tiny_
     im = open_image_model(tiny_checkpoint, level=1)  # 8x8 images: cheap to generate
     local = LocalRunner(im)
     weights = {k: resolve_weight_file(k) for k in ("inception", "vgg", "lpips")}
-    assert all(str(torch_home) in p for p in weights.values())  # nothing was downloaded
+    # nothing was downloaded: the test's random weights, or LPIPS's linear layers shipped with `lpips`
+    assert str(torch_home) in weights["inception"] and str(torch_home) in weights["vgg"]
+    assert Path(weights["lpips"]).is_file()
     remote = RayRunner(im, tiny_checkpoint, workers=2, weights=weights, threads=1)
     try:
         assert remote.inception_fingerprint() == local.inception_fingerprint()
