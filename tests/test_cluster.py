@@ -153,3 +153,25 @@ def test_training_job_runs_on_both_nodes(two_node_cluster):
     assert [w["rank"] for w in placement] == [0, 1]
     used = {w["node_id"] for w in placement}
     assert len(used) == 2 and used <= cluster_nodes(two_node_cluster)
+
+
+@pytest.mark.ray
+@pytest.mark.e2e
+def test_tune_job_runs_on_the_cluster(two_node_cluster):
+    tmp = two_node_cluster["tmp"]
+    sweep = yaml.safe_load((ROOT / "tuning" / "tiny_r1_lr.yaml").read_text())
+    sweep["search"].update(num_samples=2, max_concurrent_trials=2)
+    sweep["scheduler"].update(grace_kimg=0.064)
+    sweep["objective"].update(every_kimg=0.064, held_out=16)
+    sweep["trial"].update(kimg=0.128)
+    path = tmp / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    submit(two_node_cluster, "env", f"ALAE_RAY_CACHE={tmp / 'cache'}", sys.executable, "-m", "alae_ray.cli",
+           "tune", "--sweep", str(path), "--storage", str(tmp / "tune"), "--name", "job", "--quiet")
+    out = tmp / "tune" / "job"
+    assert (out / "results.csv").is_file() and (out / "results.md").is_file()
+    assert len((out / "results.csv").read_text().strip().splitlines()) == 1 + 2  # header + two trials
+    best = out / "best_preset.yaml"
+    from alae_ray.core.config import load_config
+
+    assert load_config(best).name  # the exported preset loads

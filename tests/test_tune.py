@@ -230,3 +230,13 @@ def test_sanitize():
     from alae_ray.tune.objective import DIVERGED, sanitize
 
     assert sanitize(1.5) == 1.5 and sanitize(math.nan) == DIVERGED and sanitize(math.inf) == DIVERGED
+
+
+def test_data_starvation_warning_when_trials_take_every_cpu():
+    from alae_ray.tune.runner import data_starvation_warning
+
+    plan = plan_sweep(parse_sweep({**BASE, "search": {"max_concurrent_trials": 2},
+                                   "trial": {"kimg": 0.256, "workers": 2, "cpus_per_worker": 1}}, "s.yaml"))
+    assert data_starvation_warning(plan, 6.02) is None  # 2 x (2 workers + 1 data CPU + the trial's 0.01)
+    warning = data_starvation_warning(plan, 4.0)
+    assert "max_concurrent_trials" in warning and "6.02 CPUs" in warning and "has 4" in warning

@@ -51,6 +51,7 @@ def write_sweep(path: Path, **sections) -> str:
             "scheduler": {"kind": "asha", "grace_kimg": 0.064, "reduction_factor": 2},
             "objective": {"every_kimg": 0.064, "held_out": 16}, "trial": {"kimg": 0.256}}
     data.update(sections)
+    data = {k: v for k, v in data.items() if v is not None}  # preset=None: the checkpoint's config
     path.write_text(yaml.safe_dump(data))
     return str(path)
 
@@ -133,9 +134,8 @@ def test_per_resolution_sweep_starts_from_the_checkpoint_level(best_run, shapes3
     _, summary = best_run
     ckpt = summary["checkpoint"]
     seen = read_checkpoint(ckpt)[2]["images_seen"]
-    path = write_sweep(tmp_path / "level8.yaml", name="level8", start={"checkpoint": ckpt, "resolution": 8},
+    path = write_sweep(tmp_path / "level8.yaml", name="level8", preset=None, start={"checkpoint": ckpt, "resolution": 8},
                        space={"schedule.lr.8": {"grid": [0.001, 0.003]}, "schedule.batch.8": 16},
-                       search={"num_samples": 1, "max_concurrent_trials": 2},
                        scheduler={"kind": "fifo"}, trial={"kimg": 0.128})
     out = sweep(tmp_path, path, shapes32)
     assert len(out["trials"]) == 2 and all(r["status"] == "completed" for r in out["trials"])

@@ -5,8 +5,9 @@ trial's Train controller, which never gets to remove its worker group's placemen
 has a detached ``PlacementGroupCleaner`` for this, but it asks the State API, which needs the Ray
 dashboard; on a cluster started without one (``include_dashboard=False``) the reserved CPUs/GPUs
 stay blocked, and on a small cluster the next trials' data pipelines never get a CPU. The sweep
-driver therefore removes such orphans itself: detached placement groups whose creator actor is
-dead, created by this job or by a job that is dead (an interrupted run of the sweep).
+driver therefore removes such orphans itself: placement groups created by an actor that is dead
+(they are not removed with their creator while its job lives), in this job or in a job that is dead
+(an interrupted run of the sweep). Groups created by a driver (Tune's own) are left alone.
 This reads the GCS placement group table through Ray's private state accessor.
 """
 
@@ -34,8 +35,10 @@ def remove_orphaned_placement_groups() -> int:
         return 0
     for raw in table:
         pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
-        if pg.state == gcs_pb2.PlacementGroupTableData.REMOVED or not pg.is_detached or not pg.creator_actor_dead:
-            continue
+        creator = pg.creator_actor_id
+        if (pg.state == gcs_pb2.PlacementGroupTableData.REMOVED or not creator or set(creator) == {0xFF}
+                or not pg.creator_actor_dead):
+            continue  # removed already, created by a driver (e.g. Tune's own trial groups), or creator alive
         if pg.creator_job_id.hex() != job and not pg.creator_job_dead:
             continue  # another live job's business
         try:

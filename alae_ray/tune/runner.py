@@ -9,6 +9,7 @@ sweep and dataset this experiment was started with; a resume must match it), ``t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -24,6 +25,22 @@ RESUME_MODES = ("auto", "always", "never")
 # small cluster the next trial's data pipeline gets no CPU at all until then. Trials come and go,
 # so let such requests lapse after 20 s (live executors renew theirs every ~10 s).
 RAY_ENV = {"RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S": "20"}
+
+
+log = logging.getLogger(__name__)
+
+
+def data_starvation_warning(plan: SweepPlan, cluster_cpus: float) -> str | None:
+    """A warning when the concurrent trials' Train workers would take every CPU: each trial's Ray
+    Data read/decode tasks need a CPU of their own, so such a sweep stalls (Ray Data stops it with
+    "no progress"). ``None`` when each trial keeps at least one CPU for its data."""
+    t, n = plan.sweep.trial, plan.sweep.search.max_concurrent_trials
+    need = n * (t.workers * t.cpus_per_worker + t.driver_cpus + 1)
+    if cluster_cpus >= need:
+        return None
+    return (f"{n} concurrent trials x ({t.workers} workers x {t.cpus_per_worker:g} CPUs + 1 CPU for data) need "
+            f"{need:g} CPUs, the cluster has {cluster_cpus:g}: unless it autoscales, lower "
+            "search.max_concurrent_trials or trial.cpus_per_worker, or trials will wait on their data")
 
 
 @dataclass
@@ -158,6 +175,9 @@ def run_sweep(opts: TuneOptions) -> dict:
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
                  runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}})
+    warning = data_starvation_warning(plan, ray.cluster_resources().get("CPU", 0.0))
+    if warning:
+        log.warning(warning)
     s = plan.sweep
     ctx = {"plan": plan, "data": data, "trials_storage": f"{'s3://' if fs is not None else ''}{store.path}/trials",
            "shuffle_buffer": opts.shuffle_buffer}

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -408,6 +407,3 @@ def param_space(sweep: Sweep) -> dict:
     """Tune's param_space: one flat entry per dotted key."""
     return {p.key: p.domain() for p in sweep.space}
 
-
-def is_finite_number(v) -> bool:
-    return _is_number(v) and math.isfinite(v)
