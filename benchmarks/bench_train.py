@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--kimg", type=float, default=1.0, help="images (thousands) per variant and level")
     ap.add_argument("--ticks", type=int, default=5)
     ap.add_argument("--batch", type=int, default=16, help="global batch (all levels)")
+    ap.add_argument("--images", type=int, default=4000,
+                    help="size of the procedural dataset (90%% train); small ones make Ray Data restart an epoch often")
     args = ap.parse_args()
 
     import ray
@@ -66,9 +68,9 @@ def main() -> None:
     from alae_ray.train.run import embedded_dataset
 
     ncpu = os.cpu_count() or 2
-    data = embedded_dataset(32, 4000)
+    data = embedded_dataset(32, args.images)
     ray.init(num_cpus=max(4, ncpu), include_dashboard=False, log_to_driver=False)
-    print(f"# bench_train preset=tiny batch={args.batch} kimg/variant={args.kimg} cpus={ncpu} torch={torch.__version__}")
+    print(f"# bench_train preset=tiny batch={args.batch} kimg/variant={args.kimg} images={args.images} cpus={ncpu} torch={torch.__version__}")
     print(f"{'level':>5} {'res':>4} | {'core img/s':>10} {'ray x1':>8} {'ray x2':>8} | {'ray x1/core':>11} {'x2/x1':>6}")
     tick = args.kimg / args.ticks
     with tempfile.TemporaryDirectory() as tmp:
