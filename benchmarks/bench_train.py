@@ -54,18 +54,18 @@ def ray_run(overrides, data, kimg, tick, workers, cpus, tmp) -> float:
 
 
 def main() -> None:
+    from alae_ray.train.run import EMBEDDED_COUNT, embedded_dataset
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--levels", type=int, nargs="+", default=[0, 2, 3])
     ap.add_argument("--kimg", type=float, default=1.0, help="images (thousands) per variant and level")
     ap.add_argument("--ticks", type=int, default=5)
     ap.add_argument("--batch", type=int, default=16, help="global batch (all levels)")
-    ap.add_argument("--images", type=int, default=4000,
+    ap.add_argument("--images", type=int, default=EMBEDDED_COUNT,
                     help="size of the procedural dataset (90%% train); small ones make Ray Data restart an epoch often")
     args = ap.parse_args()
 
     import ray
-
-    from alae_ray.train.run import embedded_dataset
 
     ncpu = os.cpu_count() or 2
     data = embedded_dataset(32, args.images)

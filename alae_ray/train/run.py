@@ -22,6 +22,11 @@ from ..data.storage import DatasetError, resolve
 DEFAULT_CACHE = Path(os.environ.get("ALAE_RAY_CACHE", Path.home() / ".cache" / "alae-ray"))
 
 
+# Images in the embedded procedural dataset (~3 s to generate, ~9 MB). Every epoch restarts Ray
+# Data's streaming split (1-6 s on a small machine), so epochs must not be short at 4x4.
+EMBEDDED_COUNT = 20_000
+
+
 @dataclass
 class TrainOptions:
     preset: str = "tiny"  # Preset name or YAML path.
@@ -39,7 +44,7 @@ class TrainOptions:
     flip: bool = True  # Random horizontal flips.
     shuffle_buffer: int = 2048  # Rows in each worker's per-epoch shuffle buffer.
     cpus_per_worker: float = 1.0
-    shapes_count: int = 4000  # Size of the embedded procedural dataset.
+    shapes_count: int = EMBEDDED_COUNT  # Size of the embedded procedural dataset.
     artifacts: str | None = None  # Local folder for samples/metrics/TensorBoard (default: beside the
     #                               checkpoints for local storage, ./runs/NAME/artifacts for s3://, then uploaded).
     fail_at_kimg: float | None = None  # Testing: one worker crashes once at this point.
@@ -50,7 +55,7 @@ class TrainOptions:
     objective: dict | None = None  # Report a tuning objective every tick (see alae_ray.tune.objective).
 
 
-def embedded_dataset(resolution: int, count: int, seed: int = 0) -> str:
+def embedded_dataset(resolution: int, count: int = EMBEDDED_COUNT, seed: int = 0) -> str:
     """The procedural dataset in the local cache, generated if missing (resumable)."""
     dest = DEFAULT_CACHE / "datasets" / f"shapes-{resolution}px-{count}-seed{seed}"
     if not (dest / "manifest.json").exists():

@@ -155,7 +155,7 @@ def prepare_sweep(opts: TuneOptions) -> tuple[SweepPlan, str, _Store, str, objec
         data = meta["data"]
     if not data:
         cfg = plan.config({})
-        data = embedded_dataset(cfg.model.max_resolution if cfg.model.kind == "style" else 32, 4000, cfg.train.seed)
+        data = embedded_dataset(cfg.model.max_resolution if cfg.model.kind == "style" else 32, seed=cfg.train.seed)
     _check_data(plan, data)
     if meta is None:
         store.write("sweep.json", json.dumps({"sweep": _normalised(plan.sweep.to_dict()), "data": data}, indent=2))
