@@ -82,3 +82,29 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"sample data not found at {SHARED_DATA} (clone the repository with shared/ beside it)")
     return SHARED_DATA
+
+
+def _train_checkpoint(path, preset: str = "tiny", kimg: float = 0.1, seed: int = 1, images: int = 64,
+                      data_seed: int = 0, overrides=()) -> Path:
+    """``preset`` (train.seed=``seed``) trained briefly on ``images`` uniform random images, saved at ``path``."""
+    import torch
+
+    from alae_ray.core.checkpoint import write_checkpoint
+    from alae_ray.core.config import load_config
+    from alae_ray.core.loop import TensorImages, train
+    from alae_ray.core.phases import ALAEPhases
+
+    cfg = load_config(preset, [f"train.seed={seed}", *overrides])
+    phases = ALAEPhases(cfg)
+    m = cfg.model
+    shape = (images, m.mlp_input) if m.kind == "mlp" else (images, m.channels, m.max_resolution, m.max_resolution)
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(data_seed)) * 2 - 1
+    train(phases, TensorImages(x, seed=0), max_kimg=kimg)
+    return write_checkpoint(path, cfg, phases.tensors(), phases.progress())
+
+
+@pytest.fixture(scope="session")
+def train_checkpoint():
+    """A function ``(path, preset="tiny", kimg=0.1, seed=1, images=64, data_seed=0, overrides=())``
+    that trains a preset briefly on random images and writes its checkpoint at ``path``."""
+    return _train_checkpoint

@@ -39,23 +39,9 @@ def torch_home(tmp_path_factory):
         yield home
 
 
-def _train_and_save(preset: str, kimg: float, path, overrides=()):
-    from alae_ray.core.checkpoint import write_checkpoint
-    from alae_ray.core.config import load_config
-    from alae_ray.core.loop import TensorImages, train
-    from alae_ray.core.phases import ALAEPhases
-
-    cfg = load_config(preset, ["train.seed=1", *overrides])
-    phases = ALAEPhases(cfg)
-    g = torch.Generator().manual_seed(0)
-    shape = (256, cfg.model.mlp_input) if cfg.model.kind == "mlp" else (64, cfg.model.channels, 32, 32)
-    train(phases, TensorImages(torch.rand(shape, generator=g) * 2 - 1, seed=0), max_kimg=kimg)
-    return write_checkpoint(path, cfg, phases.tensors(), phases.progress())
-
-
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    return _train_and_save("tiny", 0.1, tmp_path_factory.mktemp("ckpt") / "tiny")
+def tiny_checkpoint(tmp_path_factory, train_checkpoint):
+    return train_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -308,11 +294,11 @@ def test_cli_eval_end_to_end_on_a_tiny_checkpoint(torch_home, tiny_checkpoint, i
 # --- the MNIST protocol --------------------------------------------------------------------------------
 
 
-def test_mnist_protocol_end_to_end_on_a_small_subset(torch_home, mnist_dir, tmp_path, capsys):
+def test_mnist_protocol_end_to_end_on_a_small_subset(torch_home, mnist_dir, tmp_path, capsys, train_checkpoint):
     from alae_ray.data.idx import load_mnist
     from alae_ray.eval.mnist_models import mnist_vectors, save_plain_autoencoder, train_plain_autoencoder
 
-    alae = _train_and_save("mnist", 0.256, tmp_path / "alae")
+    alae = train_checkpoint(tmp_path / "alae", "mnist", 0.256, images=256)
     images, _ = load_mnist(mnist_dir)
     ae = train_plain_autoencoder(mnist_vectors(images[:512]), kimg=0.256, seed=0)
     save_plain_autoencoder(ae, tmp_path / "ae", {"kimg": 0.256})

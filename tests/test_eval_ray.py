@@ -40,17 +40,8 @@ def torch_home(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from alae_ray.core.checkpoint import write_checkpoint
-    from alae_ray.core.config import load_config
-    from alae_ray.core.loop import TensorImages, train
-    from alae_ray.core.phases import ALAEPhases
-
-    cfg = load_config("tiny", ["train.seed=2"])
-    phases = ALAEPhases(cfg)
-    images = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    train(phases, TensorImages(images, seed=0), max_kimg=0.1)
-    return str(write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", cfg, phases.tensors(), phases.progress()))
+def tiny_checkpoint(tmp_path_factory, train_checkpoint):
+    return str(train_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=2))
 
 
 def test_distributed_and_single_process_fid_agree(ray_cluster, torch_home, tiny_checkpoint):

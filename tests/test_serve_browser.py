@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 from test_serve_http import start_ray
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
@@ -25,23 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def ui_server(tmp_path_factory):
+def ui_server(tmp_path_factory, train_checkpoint):
     import ray
     from ray import serve
 
-    from alae_ray.core.checkpoint import write_checkpoint
-    from alae_ray.core.config import load_config
-    from alae_ray.core.loop import TensorImages, train
-    from alae_ray.core.phases import ALAEPhases
     from alae_ray.serve.app import ServeArgs, build_app
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
-    cfg = load_config("tiny", ["train.seed=4"])
-    phases = ALAEPhases(cfg)
-    train(phases, TensorImages(torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1),
-          max_kimg=0.2)
-    ckpt = write_checkpoint(tmp_path_factory.mktemp("ui-ckpt") / "tiny", cfg, phases.tensors(), phases.progress())
+    ckpt = train_checkpoint(tmp_path_factory.mktemp("ui-ckpt") / "tiny", kimg=0.2, seed=4, data_seed=1)
 
     temp = tempfile.mkdtemp(prefix="ray-ui-", dir="/tmp")
     start_ray(temp)

@@ -18,7 +18,6 @@ import time
 import numpy as np
 import pytest
 import requests
-import torch
 from PIL import Image
 
 from test_serve_units import bad_uploads, gradient, png_bytes, variants
@@ -36,22 +35,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, s3_bucket_factory):
+def checkpoints(tmp_path_factory, s3_bucket_factory, train_checkpoint):
     """A tiny trained checkpoint: local, a copy on S3, and a copy whose config does not match its tensors."""
     import pyarrow.fs as pafs
 
-    from alae_ray.core.checkpoint import write_checkpoint
-    from alae_ray.core.config import load_config
-    from alae_ray.core.loop import TensorImages, train
-    from alae_ray.core.phases import ALAEPhases
     from alae_ray.data.storage import resolve
 
     root = tmp_path_factory.mktemp("serve-ckpt")
-    cfg = load_config("tiny", ["train.seed=1"])
-    phases = ALAEPhases(cfg)
-    images = torch.rand(64, 3, RES, RES, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    train(phases, TensorImages(images, seed=0), max_kimg=0.3)
-    local = write_checkpoint(root / "tiny", cfg, phases.tensors(), phases.progress())
+    local = train_checkpoint(root / "tiny", kimg=0.3)
     s3 = f"{s3_bucket_factory('serve')}/runs/tiny/checkpoint"
     loc = resolve(s3)
     pafs.copy_files(str(local), loc.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=loc.fs)

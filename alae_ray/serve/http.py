@@ -79,6 +79,13 @@ async def _form(request: Request, limits: Limits):
     return await request.form(max_files=2 * limits.max_grid + 2, max_fields=16)
 
 
+def _text(form, field: str, default: str) -> str:
+    value = form.get(field, default)
+    if isinstance(value, UploadFile):
+        raise InputError(f"{field!r} must be a text field", 400)
+    return value
+
+
 async def _image(form, field: str, service: Service) -> Any:
     return (await _images(form, field, service, single=True))[0]
 
@@ -189,9 +196,7 @@ def build_api(service: Service, stats: Callable[[], Awaitable[dict]] | None = No
         the top, destinations down the left, each cell the destination with the source's styles.
         """
         form = await _form(request, limits)
-        layers = form.get("layers", "coarse")
-        if isinstance(layers, UploadFile):
-            raise InputError("'layers' must be a text field", 400)
+        layers = _text(form, "layers", "coarse")
         srcs = await _images(form, "source", service)
         dsts = await _images(form, "destination", service)
         r, rng = await service.mix(srcs, dsts, layers)
@@ -205,9 +210,7 @@ def build_api(service: Service, stats: Callable[[], Awaitable[dict]] | None = No
     async def interpolate(request: Request):
         """multipart ``a``, ``b`` and ``steps`` (default 8) -> PNG strip of the frames, a to b."""
         form = await _form(request, limits)
-        steps = form.get("steps", "8")
-        if isinstance(steps, UploadFile):
-            raise InputError("'steps' must be a text field", 400)
+        steps = _text(form, "steps", "8")
         a = await _image(form, "a", service)
         b = await _image(form, "b", service)
         r = await service.interpolate(a, b, steps)
