@@ -13,7 +13,8 @@ import sys
 from .core.config import ConfigError, load_config, preset_names
 
 # Modules that add subcommands (each has ``register(subparsers)``).
-MODULES = ("alae_ray.data.cli", "alae_ray.train.cli", "alae_ray.eval.cli", "alae_ray.tune.cli", "alae_ray.serve.cli")
+MODULES = ("alae_ray.data.cli", "alae_ray.train.cli", "alae_ray.eval.cli", "alae_ray.tune.cli", "alae_ray.serve.cli",
+           "alae_ray.releases")
 
 
 def _count(module) -> int:

@@ -6,14 +6,25 @@ measures, in the same process, a plain fp32 eager variant (unfused Adam) and the
 
     python benchmarks/bench_core.py --preset tiny --levels 0 1 2 3
     python benchmarks/bench_core.py --preset ffhq1024 --device cuda --levels 6 8 --batch 32
+    python benchmarks/bench_core.py --preset celebahq256 --levels 2 --batch 32 --compare 834ff12
+
+``--compare REV`` measures another commit's core (checked out into a temporary git worktree) and
+this tree's in alternating subprocesses, round after round, and prints the ratio: a before/after
+from one run on one machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -47,6 +58,36 @@ def measure(cfg, device: str, level: int, batch: int, warmup: int, iters: int) -
     return out
 
 
+def compare(args) -> None:
+    """Alternate subprocesses of REV's tree and this one, ``--rounds`` times; print both and the ratio."""
+    repo = Path(__file__).resolve().parents[1]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-rev-"))
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tmp / "tree"), args.compare],
+                   check=True, capture_output=True)
+    trees = {args.compare: tmp / "tree", "this tree": repo}
+    level = args.levels[0] if args.levels else 0
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--preset", args.preset, "--device", args.device,
+           "--levels", str(level), "--warmup", str(args.warmup), "--iters", str(args.iters), "--variants", "fp32",
+           "--json", *(["--batch", str(args.batch)] if args.batch else []), *sum((["--set", s] for s in args.set), [])]
+    times: dict[str, list[float]] = {name: [] for name in trees}
+    try:
+        for r in range(args.rounds):
+            for name, tree in trees.items():
+                env = {**os.environ, "PYTHONPATH": str(tree)}  # that tree's alae_ray first
+                out = subprocess.run(cmd, env=env, cwd=tree, check=True, capture_output=True, text=True).stdout
+                row = json.loads(out.strip().splitlines()[-1])[0]
+                assert row["source"].startswith(str(tree)), f"measured {row['source']}, not {tree}"
+                ms = row["ms_per_iter"]
+                times[name].append(ms)
+                print(f"round {r + 1}: {name:>10}  {ms:9.1f} ms/iter", flush=True)
+    finally:
+        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tmp / "tree")], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    (old, a), (new, b) = times.items()
+    print(f"# {args.preset} level {level}: {old} {min(a):.1f}-{max(a):.1f} ms/iter, {new} {min(b):.1f}-{max(b):.1f}; "
+          f"median {old}/{new} = {sorted(a)[len(a) // 2] / sorted(b)[len(b) // 2]:.2f}x (>1: this tree faster)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
@@ -58,7 +99,11 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--variants", default=None, help="comma list of fp32,fast (default: both on CUDA, fp32 on CPU)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--compare", metavar="REV", help="also measure git revision REV, alternating (see above)")
+    ap.add_argument("--rounds", type=int, default=3, help="with --compare: alternations")
     args = ap.parse_args()
+    if args.compare:
+        return compare(args)
 
     base = load_config(args.preset, args.set)
     cuda = args.device.startswith("cuda")
@@ -88,7 +133,9 @@ def main() -> None:
             print(f"{'ratio':>7} {level:>5} {res:>5} {batch:>5}  {b['variant']}/{a['variant']} throughput = "
                   f"{b['images_per_s'] / a['images_per_s']:.2f}x")
     if args.json:
-        print(json.dumps(rows))
+        import alae_ray
+
+        print(json.dumps([{**r, "source": alae_ray.__file__} for r in rows]))
 
 
 if __name__ == "__main__":

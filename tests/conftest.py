@@ -98,7 +98,7 @@ def _train_checkpoint(path, preset: str = "tiny", kimg: float = 0.1, seed: int =
     phases = ALAEPhases(cfg)
     m = cfg.model
     shape = (images, m.mlp_input) if m.kind == "mlp" else (images, m.channels, m.max_resolution, m.max_resolution)
-    x = torch.rand(shape, generator=torch.Generator().manual_seed(data_seed)) * 2 - 1
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(data_seed)) * (m.pixel_max - m.pixel_min) + m.pixel_min
     train(phases, TensorImages(x, seed=0), max_kimg=kimg)
     return write_checkpoint(path, cfg, phases.tensors(), phases.progress())
 

@@ -288,6 +288,9 @@ def test_cli_eval_end_to_end_on_a_tiny_checkpoint(torch_home, tiny_checkpoint, i
     rc, _, err = _run_cli(capsys, "--checkpoint", tiny_checkpoint, "--metric", "fidd", "--data", image_folder)
     assert rc == 2 and "unknown metric 'fidd'" in err
     rc, _, err = _run_cli(capsys, "--checkpoint", tmp_path / "nothing", "--metric", "fid")
+    assert rc == 2 and "nothing' not found" in err
+    (tmp_path / "empty").mkdir()
+    rc, _, err = _run_cli(capsys, "--checkpoint", tmp_path / "empty", "--metric", "fid")
     assert rc == 2 and "incomplete" in err
 
 

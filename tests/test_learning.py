@@ -17,7 +17,7 @@ KIMG = 100  # ~780 iterations of the paper's batch 128
 
 def digits():
     images, _ = load_mnist(MNIST, "t10k")
-    x = torch.from_numpy(images.copy()).float().div(127.5).sub(1.0).flatten(1)  # [N, 784] in [-1, 1]
+    x = torch.from_numpy(images.copy()).float().div(255.0).flatten(1)  # [N, 784] in [0, 1], the authors' range
     return x[:8000], x[8000:]
 
 

@@ -74,11 +74,11 @@ def test_fade_in_is_a_blend(model):
 def test_equalized_lr_linear_scale():
     torch.manual_seed(0)
     layer = EqualLinear(400, 300, gain=math.sqrt(2), lrmul=0.01)
-    assert layer.scale == pytest.approx(math.sqrt(2) / math.sqrt(400) * 0.01)
+    assert layer.coef == pytest.approx(math.sqrt(2) / math.sqrt(400) * 0.01)
     # stored weights are N(0, 1/lrmul): the run-time scale brings them to He init
     assert layer.weight.std().item() == pytest.approx(1 / 0.01, rel=0.05)
     x = torch.randn(5, 400)
-    expected = F.linear(x, layer.weight * layer.scale, layer.bias * 0.01)
+    expected = F.linear(x, layer.weight * layer.coef, layer.bias * 0.01)
     assert torch.allclose(layer(x), expected)
     # unit-variance input -> output variance ~ gain^2 (He init), whatever the fan-in
     big = torch.randn(4000, 400)
@@ -87,7 +87,7 @@ def test_equalized_lr_linear_scale():
 
 def test_equalized_lr_conv_scale_and_equal_speed():
     conv = EqualConv2d(8, 4, 3, gain=1.0)
-    assert conv.scale == pytest.approx(1.0 / math.sqrt(8 * 9))
+    assert conv.coef == pytest.approx(1.0 / math.sqrt(8 * 9))
     # Adam's first step moves every stored weight by ~lr, so the *effective* relative change of a
     # layer does not depend on its fan-in: that is the point of equalized learning rate.
     torch.manual_seed(0)
@@ -103,13 +103,16 @@ def test_equalized_lr_conv_scale_and_equal_speed():
 
 
 def test_truncation_identity_and_pull(model):
-    model.w_avg.copy_(torch.randn(16))
-    ws = model.broadcast(model.F(torch.randn(3, 16)), 4).detach()
+    model.w_avg.copy_(torch.randn(18, 16))  # one average per style input, as the authors keep it
+    ws = model.broadcast(model.F(torch.randn(3, 16)), 4).detach()  # S = 10
     assert torch.equal(model.truncate(ws, 1.0, 8), ws)
     t = model.truncate(ws, 0.5, 4)
-    assert torch.allclose(t[:, :4], 0.5 * ws[:, :4] + 0.5 * model.w_avg)
+    assert torch.allclose(t[:, :4], 0.5 * ws[:, :4] + 0.5 * model.w_avg[:4])
     assert torch.equal(t[:, 4:], ws[:, 4:])
-    assert torch.allclose(model.truncate(ws, 0.0, None), model.w_avg.expand_as(ws))
+    assert torch.allclose(model.truncate(ws, 0.0, None), model.w_avg[:10].expand_as(ws))
+    per_sample = model.truncate(ws, torch.tensor([1.0, 0.5, 0.0]), 4)  # one psi per image
+    assert torch.equal(per_sample[0], ws[0]) and torch.allclose(per_sample[1], t[1])
+    assert torch.allclose(per_sample[2, :4], model.w_avg[:4])
 
 
 def test_style_mixing_switches_at_crossover(model):
@@ -127,13 +130,24 @@ def test_style_mixing_switches_at_crossover(model):
     assert torch.equal(a, c)
 
 
-def test_mlp_shapes_and_features():
-    cfg = ModelConfig(kind="mlp", latent_size=50, mapping_layers=3, mlp_input=784, mlp_hidden=1024, channels=1)
+def test_mlp_is_the_authors_mnist_model():
+    """E 784-1024-1024-50 (leaky ReLU 0.2, 0.01 on w), G 50-1024-1024-784 (0.01, linear out), F of 6
+    layers with lr multiplier 0.1, D three linear layers without activations."""
+    from alae_ray.core.config import load_config
+
+    cfg = load_config("mnist").model
+    assert (cfg.mapping_layers, cfg.mapping_lrmul, cfg.pixel_min, cfg.pixel_max) == (6, 0.1, 0.0, 1.0)
     m = ALAE(cfg)
-    x = torch.randn(4, 784)
+    x = torch.rand(4, 784)
     w = m.encode(x, 0)
-    assert w.shape == (4, 50)
-    assert m.E.features(x).shape == (4, 1024)
-    assert m.decode(w, 0).shape == (4, 784)
+    assert w.shape == (4, 50) and m.E.features(x).shape == (4, 1024)
+    h = m.E.features(x)
+    assert torch.allclose(w, F.leaky_relu(m.E.fc3(h), 0.01))
+    assert torch.equal(h, F.leaky_relu(m.E.fc2(F.leaky_relu(m.E.fc1(x), 0.2)), 0.2))
+    g = F.leaky_relu(m.G.fc2(F.leaky_relu(m.G.fc1(w), 0.01)), 0.01)
+    assert torch.allclose(m.decode(w, 0), m.G.fc3(g))
     assert m.generate(torch.randn(4, 50), 0).shape == (4, 784)
-    assert m.style_layers(0) == 1
+    assert m.style_layers(0) == 1 and len(m.F.map_blocks) == 6
+    # D is affine: D(a + b) - D(b) = D(a) - D(0)
+    a, b, zero = torch.randn(3, 50), torch.randn(3, 50), torch.zeros(3, 50)
+    assert torch.allclose(m.D(a + b) - m.D(b), m.D(a) - m.D(zero), atol=1e-5)

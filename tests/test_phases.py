@@ -32,7 +32,7 @@ def reals(n=32, res=32, seed=0):
     return torch.rand(n, 3, res, res, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-@pytest.mark.parametrize("kimg", [0.0, 1.5])  # a stable level and a fade-in
+@pytest.mark.parametrize("kimg", [0.0, 2.5])  # a stable level and a fade-in
 def test_each_phase_updates_only_its_networks(phases, kimg):
     stage = stage_at(TINY, kimg)
     phases.set_stage(stage)
@@ -46,9 +46,39 @@ def test_each_phase_updates_only_its_networks(phases, kimg):
     assert changed(before, snapshot(phases)) == {"F", "G"}
     assert all(p.requires_grad for p in phases.model.parameters())  # E, D unfrozen again
     before = snapshot(phases)
+    d_steps = [phases.opt_ED.state[p]["step"].item() for p in phases.model.D.parameters()]
     out = phases.latent_phase(stage)
-    assert changed(before, snapshot(phases)) == {"E", "G"}
+    # the authors' step III: F(z) feeds G with its gradient, so F moves too; D takes a zero-gradient
+    # step (its Adam state advances, its weights do not), as their torch 1.x zero_grad left it
+    assert changed(before, snapshot(phases)) == {"E", "G", "F"}
+    assert [phases.opt_ED.state[p]["step"].item() for p in phases.model.D.parameters()] == [s + 1 for s in d_steps]
     assert math.isfinite(out["loss_lae"])
+
+
+def test_every_generation_moves_the_w_average(phases):
+    """Like the authors' generate(): three updates per iteration, each towards that batch's mean F(z)."""
+    stage = stage_at(TINY, 0.0)
+    calls = []
+    update = phases.model.update_w_avg
+    phases.model.update_w_avg = lambda w, beta: (calls.append(w.clone()), update(w, beta))
+    phases.step(TensorImages(reals())(stage, stage.batch), stage)
+    assert len(calls) == 3
+    avg = phases.model.w_avg
+    assert torch.equal(avg, avg[:1].expand_as(avg))  # every style input's row moves alike
+    assert avg.abs().sum() > 0
+
+
+def test_style_mixing_crossover_covers_every_style_input():
+    """Crossover uniform in 1..S (S: no mixing), as the authors' random.randint(1, 2 * (lod + 1))."""
+    ph = ALAEPhases(load_config("tiny", ["train.style_mixing_prob=1.0"]))
+    stage = stage_at(TINY, 7.0)  # top level: S = 8
+    seen = set()
+    for _ in range(200):
+        ws, w = ph._styles(4, stage, mixing=True)
+        same = (ws == w.unsqueeze(1)).all(dim=(0, 2))
+        seen.add(int(same.sum()))  # style inputs before the crossover keep w
+        assert same[:int(same.sum())].all()
+    assert seen == set(range(1, 9))
 
 
 def test_r1_is_hand_computed_squared_gradient_norm():
@@ -98,7 +128,7 @@ def test_optimizer_state_reset_on_level_change(phases):
     assert len(phases.opt_ED.state) > 0 and len(phases.opt_FG.state) > 0
     phases.set_stage(stage0)
     assert len(phases.opt_ED.state) > 0  # same level: kept
-    stage1 = stage_at(TINY, 1.5)
+    stage1 = stage_at(TINY, 2.5)
     phases.set_stage(stage1)
     assert len(phases.opt_ED.state) == 0 and len(phases.opt_FG.state) == 0
     assert all(g["lr"] == stage1.lr for g in phases.opt_ED.param_groups)

@@ -14,23 +14,24 @@ TINY = load_config("tiny", ["schedule.fade=linear"])  # levels at 4, 8, 16, 32; 
 def test_schedule_boundaries():
     s = stage_at(TINY, 0.0)
     assert (s.level, s.resolution, s.alpha, s.batch) == (0, 4, 1.0, 32)
-    assert stage_at(TINY, 0.999).level == 0
-    s = stage_at(TINY, 1.0)  # level 1 begins with its fade-in
-    assert (s.level, s.alpha, s.level_start_kimg, s.level_end_kimg) == (1, 0.0, 1.0, 3.0)
-    assert stage_at(TINY, 1.5).alpha == pytest.approx(0.5)
-    assert stage_at(TINY, 2.0).alpha == 1.0  # fade done, stabilising
-    assert stage_at(TINY, 2.999).level == 1
-    s = stage_at(TINY, 3.0)
+    # the first level lasts as long as every other (fade + stable), all of it at alpha 1 (authors' code)
+    assert stage_at(TINY, 1.5).alpha == 1.0 and stage_at(TINY, 1.999).level == 0
+    s = stage_at(TINY, 2.0)  # level 1 begins with its fade-in
+    assert (s.level, s.alpha, s.level_start_kimg, s.level_end_kimg) == (1, 0.0, 2.0, 4.0)
+    assert stage_at(TINY, 2.5).alpha == pytest.approx(0.5)
+    assert stage_at(TINY, 3.0).alpha == 1.0  # fade done, stabilising
+    assert stage_at(TINY, 3.999).level == 1
+    s = stage_at(TINY, 4.0)
     assert (s.level, s.batch) == (2, 16)  # batch table carries 16 from resolution 16 upwards
-    s = stage_at(TINY, 5.25)
+    s = stage_at(TINY, 6.25)
     assert (s.level, s.resolution, s.alpha) == (3, 32, 0.25)
     assert stage_at(TINY, 1e6).level == 3  # the top level never ends
-    assert total_kimg(TINY) == 1 + 2 + 2 + 2 + 2
+    assert total_kimg(TINY) == 2 + 2 + 2 + 2 + 1
 
 
 def test_sine_fade_is_smooth_and_monotone():
     cfg = load_config("tiny")
-    alphas = [stage_at(cfg, 1.0 + i / 100).alpha for i in range(101)]
+    alphas = [stage_at(cfg, 2.0 + i / 100).alpha for i in range(101)]
     assert alphas[0] == 0.0 and alphas[50] == pytest.approx(0.5) and alphas[-1] == 1.0
     assert all(b >= a for a, b in zip(alphas, alphas[1:]))
     assert alphas[1] < 0.01  # eases in
@@ -40,13 +41,16 @@ def test_schedule_is_pure():
     assert stage_at(TINY, 4.2) == stage_at(TINY, 4.2)
 
 
-def test_ffhq_tables_follow_the_paper():
+def test_ffhq_tables_follow_the_authors_config():
     cfg = load_config("ffhq1024")
     batches = {r: cfg.schedule.table("batch", r) for r in (4, 8, 16, 32, 64, 128, 256, 512, 1024)}
-    assert list(batches.values()) == [512, 256, 128, 64, 32, 32, 32, 32, 32]
-    assert cfg.schedule.table("lr", 128) == 0.0015 and cfg.schedule.table("lr", 1024) == 0.003
-    assert total_kimg(cfg) == 500 + 8 * 1000 + 1000  # ~10M images, as in the paper
-    assert stage_at(cfg, 9000).resolution == 1024
+    assert list(batches.values()) == [512, 256, 128, 64, 32, 32, 32, 32, 32]  # their 8-GPU table
+    lrs = [cfg.schedule.table("lr", r) for r in (4, 8, 16, 32, 64, 128, 256, 512, 1024)]
+    assert lrs == [0.0015] * 6 + [0.002, 0.003, 0.003]  # their LEARNING_RATES
+    # 16 epochs of 60,000 images per level, half of it fading in; the top level until epoch 300
+    assert (cfg.schedule.fade_kimg, cfg.schedule.stable_kimg) == (480, 480)
+    assert total_kimg(cfg) == 300 * 60
+    assert stage_at(cfg, 8 * 960).resolution == 1024 and stage_at(cfg, 8 * 960 + 240).alpha == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("world", [1, 2, 4, 8, 16, 32])

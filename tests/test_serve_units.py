@@ -244,9 +244,8 @@ def test_engine_matches_the_model(engine):
 
     ws = mix_codes(w[:2], w[2:4], range(0, 2), 8)  # [D=2, S=2, 8, 64]
     got = engine.synthesize(ws.reshape(-1, 8, 64))
-    with torch.no_grad():
-        ref = engine.model.mix_styles(torch.from_numpy(w[1:2]), torch.from_numpy(w[3:4]), 3, range(0, 2))
-    assert np.abs(got[3].astype(int) - engine._to_images(ref)[0].astype(int)).max() <= 1
+    ref = engine.api.mix(torch.from_numpy(w[1:2]), torch.from_numpy(w[3:4]), range(0, 2))
+    assert np.abs(got[3].astype(int) - engine.api.to_uint8(ref)[0].astype(int)).max() <= 1
 
 
 def test_device_choice():
@@ -263,13 +262,11 @@ def test_generate_is_deterministic_and_truncates(engine):
     a = engine.generate(np.array([1, 2]), np.array([0.7, 0.7]))
     b = engine.generate(np.array([2]), np.array([0.7]))
     assert np.array_equal(a[1], b[0]) and not np.array_equal(a[0], a[1])
-    # psi = 0 on every layer collapses every seed onto the average face
-    engine.cutoff, cutoff = engine.style_layers, engine.cutoff
-    try:
-        z = engine.generate(np.array([1, 2]), np.array([0.0, 0.0]))
-    finally:
-        engine.cutoff = cutoff
-    assert np.array_equal(z[0], z[1])
+    # psi = 0 on every style input collapses every seed onto the average code (only noise differs)
+    ws = engine.api.styles(seed=[1, 2], psi=0.0, cutoff=engine.style_layers)
+    assert torch.equal(ws[0], ws[1]) and torch.equal(ws[0], engine.model.w_avg[:engine.style_layers])
+    # psi = 1 leaves F(z) as it is
+    assert torch.equal(engine.api.styles(seed=[3], psi=1.0)[0, 0], engine.model.F(engine.api.latents([3]))[0])
 
 
 def test_checkpoint_mismatch_names_the_checkpoint(tiny_checkpoint, tmp_path):

@@ -28,7 +28,7 @@ def write(tmp_path, data, name="s.yaml") -> str:
     return str(path)
 
 
-def fake_checkpoint(folder: Path, kimg: float = 1.088, **overrides) -> str:
+def fake_checkpoint(folder: Path, kimg: float = 2.088, **overrides) -> str:
     """config.json + progress.json (+ an empty state file): enough for the sweep checks."""
     cfg = load_config("tiny", overrides)
     folder.mkdir(parents=True)
@@ -91,13 +91,13 @@ def test_missing_sweep_file_and_checkpoint_uri(tmp_path, capsys):
 
 
 def test_per_resolution_sweep_checks(tmp_path, capsys):
-    ckpt = fake_checkpoint(tmp_path / "ckpt", kimg=1.088)  # tiny: 8x8 from 1.0 to 3.0 kimg
+    ckpt = fake_checkpoint(tmp_path / "ckpt", kimg=2.088)  # tiny: 8x8 from 2.0 to 4.0 kimg
     ok = {"start": {"checkpoint": ckpt, "resolution": 8}, "objective": {"every_kimg": 0.064},
           "trial": {"kimg": 0.256},
           "space": {"schedule.lr.8": {"grid": [0.001, 0.002]}, "schedule.batch.8": {"choice": [16, 32]},
                     "train.r1_gamma": {"uniform": [1, 10]}}}
     plan = plan_sweep(parse_sweep(ok, "ok.yaml"))  # no preset: the checkpoint's config is the base
-    assert plan.start_kimg == pytest.approx(1.088) and plan.start_level == 1
+    assert plan.start_kimg == pytest.approx(2.088) and plan.start_level == 1
     cfg = plan.config({"schedule.lr.8": 0.001, "schedule.batch.8": 16, "train.r1_gamma": 3.0})
     assert cfg.schedule.lr == {4: 0.002, 8: 0.001} and cfg.schedule.batch == {4: 32, 8: 16, 16: 16}
     for space, needle in [({"schedule.lr.16": {"choice": [0.001]}}, "space.schedule.lr.16"),

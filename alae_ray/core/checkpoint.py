@@ -27,6 +27,8 @@ from .model import ALAE
 STATE_FILE = "state.safetensors"
 CONFIG_FILE = "config.json"
 PROGRESS_FILE = "progress.json"
+# 2: the authors' networks (tests/test_authors_reference.py). Format 1 networks cannot be loaded.
+FORMAT = 2
 
 
 class CheckpointError(ValueError):
@@ -38,10 +40,13 @@ def write_checkpoint(directory: str | Path, cfg: Config, tensors: dict[str, torc
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / STATE_FILE))
         (tmp / CONFIG_FILE).write_text(cfg.to_json())
-        (tmp / PROGRESS_FILE).write_text(json.dumps(progress, indent=2, sort_keys=True))
+        (tmp / PROGRESS_FILE).write_text(json.dumps({**progress, "format": FORMAT}, indent=2, sort_keys=True))
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             directory.rename(old)
@@ -81,7 +86,33 @@ def load_model(directory: str | Path, *, ema: bool = True, device: str | torch.d
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
+        if progress.get("format", 1) < FORMAT:
+            raise CheckpointError(f"checkpoint {str(directory)!r} was written by an alae-ray version whose networks "
+                                  f"differ from the authors' (format {progress.get('format', 1)}); it cannot be "
+                                  f"loaded by this version (format {FORMAT}): train again or import the authors' "
+                                  f"models (alae-ray import-authors)") from None
         first = str(exc).strip().splitlines()
         raise CheckpointError(f"checkpoint {str(directory)!r} does not match its config "
                               f"({cfg.name}): {' '.join(first[:3])}") from None
     return model.to(device).eval().requires_grad_(False), cfg, progress
+
+
+def is_checkpoint(directory: str | Path) -> bool:
+    return all((Path(directory) / name).is_file() for name in (STATE_FILE, CONFIG_FILE, PROGRESS_FILE))
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """``path`` if it is a checkpoint, else the newest complete checkpoint directly inside it (a run
+    directory: Ray Train's ``checkpoint_<timestamp>`` folders; the most images seen wins)."""
+    path = Path(path)
+    if is_checkpoint(path) or not path.is_dir():
+        return path
+    found = []
+    for d in path.iterdir():
+        if d.is_dir() and not d.name.startswith(".") and is_checkpoint(d):
+            try:
+                seen = int(json.loads((d / PROGRESS_FILE).read_text()).get("images_seen", -1))
+            except (ValueError, TypeError, json.JSONDecodeError):
+                continue
+            found.append((seen, d.name, d))
+    return max(found)[2] if found else path  # none: the caller reports the directory as incomplete

@@ -34,8 +34,10 @@ class ModelConfig:
     max_resolution: int = 1024  # Final resolution (a power of two >= 4).
     start_channels: int = 16  # Feature maps at max_resolution; doubled per level down to max_channels.
     max_channels: int = 512  # Cap on feature maps at low resolutions.
-    mapping_lrmul: float = 0.01  # Learning-rate multiplier of F (StyleGAN's mapping network).
+    mapping_lrmul: float = 0.1  # Learning-rate multiplier of F (authors' 0.1; StyleGAN's was 0.01).
     d_lrmul: float = 0.1  # Learning-rate multiplier of D (authors' value).
+    pixel_min: float = -1.0  # Value of a black pixel in the networks' image space
+    pixel_max: float = 1.0  # ... and of a white one (the authors' MNIST model uses [0, 1]).
     mlp_input: int = 784  # MLP variant: flattened input size.
     mlp_hidden: int = 1024  # MLP variant: width of the two hidden layers of E and G.
 
@@ -50,6 +52,7 @@ class ModelConfig:
         return resolution.bit_length() - 3
 
     def feature_maps(self, level: int) -> int:
+        """Channels of G's block and E's input at ``level`` (level -1: E's output below 4x4)."""
         return min(self.max_channels, self.start_channels * 2 ** (self.num_levels - 1 - level))
 
     def style_layers(self, level: int) -> int:
@@ -173,6 +176,8 @@ def validate(cfg: Config) -> Config:
         s.table(name, s.start_resolution)  # a value must exist for the first level
     if min(s.fade_kimg, s.stable_kimg, s.final_kimg) < 0:
         raise ConfigError("schedule.fade_kimg, stable_kimg and final_kimg must be >= 0")
+    if not m.pixel_min < m.pixel_max:
+        raise ConfigError(f"model.pixel_min ({m.pixel_min}) must be below model.pixel_max ({m.pixel_max})")
     if m.latent_size < 1 or m.mapping_layers < 1 or m.d_layers < 1:
         raise ConfigError("model.latent_size, mapping_layers and d_layers must be >= 1")
     if not 0 <= t.style_mixing_prob <= 1:

@@ -1,7 +1,7 @@
 """The three-phase update of Algorithm 1, the optimizers, the EMA copy and the RNG streams.
 
-One iteration = ``discriminator_phase`` (E, D), ``generator_phase`` (F, G), ``latent_phase`` (E, G),
-each with a fresh z ~ N(0, I), each returning a dict of float losses.
+One iteration = ``discriminator_phase`` (E, D), ``generator_phase`` (F, G), ``latent_phase`` (E, G and
+F, as the authors' code), each with a fresh z ~ N(0, I), each returning a dict of float losses.
 
 Distributed training: every worker holds the full model and a slice of the global batch. z and the
 style-mixing draws come from a generator shared by all workers, sampled for the *global* batch and
@@ -90,17 +90,30 @@ class ALAEPhases:
         n = global_batch // self.shard.world_size
         return z[self.shard.rank * n:(self.shard.rank + 1) * n]  # [n, L]
 
-    def _styles(self, global_batch: int, stage: Stage) -> tuple[torch.Tensor, torch.Tensor]:
-        """Style inputs [n, S, L] for a fresh z, with style mixing; also the unmixed w [n, L]."""
+    def _styles(self, global_batch: int, stage: Stage, mixing: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Style inputs [n, S, L] for a fresh z (with style mixing if asked) and the unmixed w [n, L].
+
+        Like the authors' ``generate``, every call moves the running average of w (three per iteration).
+        """
         m = self.model
         w = m.F(self._z(global_batch))
+        self._update_w_avg(w.detach())
         ws = m.broadcast(w, stage.level)
+        if not mixing:
+            return ws, w
         S = ws.shape[1]
         draw = torch.rand(2, device=self.device, generator=self.latent_rng).tolist()
         w2 = m.F(self._z(global_batch))  # drawn every time, so the stream does not depend on the coin
-        if S > 1 and draw[0] < self.cfg.train.style_mixing_prob:
-            ws = m.mix(ws, w2, 1 + int(draw[1] * (S - 1)))  # crossover in [1, S-1]
+        if draw[0] < self.cfg.train.style_mixing_prob:
+            ws = m.mix(ws, w2, 1 + int(draw[1] * S))  # crossover uniform in 1..S (S: no mixing), as theirs
         return ws, w
+
+    def _update_w_avg(self, w: torch.Tensor) -> None:
+        w_mean = w.float().mean(0)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(w_mean)  # the global batch's mean, whatever the number of workers
+            w_mean /= dist.get_world_size()
+        self.model.update_w_avg(w_mean[None], self.cfg.train.w_avg_beta)
 
     def _check(self, value: torch.Tensor, phase: str, name: str) -> float:
         v = float(value.detach())
@@ -148,21 +161,20 @@ class ALAEPhases:
         """Step I: update E and D to tell E(x) from E(G(F(z))), with R1 on reals."""
         m, gamma = self.model, self.cfg.train.r1_gamma
         with torch.no_grad(), self._autocast():
-            ws, _ = self._styles(stage.batch, stage)
+            ws, _ = self._styles(stage.batch, stage, mixing=True)
             x_fake = m.G(ws, stage.level, stage.alpha, self.cfg.train.noise)
         x_real = fade_reals(self._prepare(x), stage.alpha).detach().requires_grad_(gamma > 0)
         with self._autocast():
-            # One E/D pass over reals and fakes together: E and D are per-sample, so this equals two passes.
-            scores = m.D(m.E(torch.cat([x_real, x_fake.to(x_real.dtype)]), stage.level, stage.alpha))
-            real_score, fake_score = scores.float().split([x_real.shape[0], x_fake.shape[0]])
+            # Separate passes, as the authors': R1's double backward then runs through the reals only.
+            real_score = m.D(m.E(x_real, stage.level, stage.alpha)).float()
+            fake_score = m.D(m.E(x_fake.to(x_real.dtype), stage.level, stage.alpha)).float()
             loss_d = losses.d_logistic_loss(real_score, fake_score)
         r1 = losses.r1_penalty(real_score, x_real) if gamma > 0 else torch.zeros((), device=self.device)
         loss = loss_d + 0.5 * gamma * r1
         self._check(loss, "discriminator", "loss_d")
         self.opt_ED.zero_grad(set_to_none=True)
         loss.backward()
-        params = [*m.E.parameters(), *m.D.parameters()]
-        self._sync_grads(params)
+        self._sync_grads([*m.E.parameters(), *m.D.parameters()])
         self.opt_ED.step()
         return {"loss_d": loss_d.item(), "r1": r1.item(), "real_score": real_score.mean().item(),
                 "fake_score": fake_score.mean().item()}
@@ -174,7 +186,7 @@ class ALAEPhases:
         m.D.requires_grad_(False)
         try:
             with self._autocast():
-                ws, w = self._styles(stage.batch, stage)
+                ws, _ = self._styles(stage.batch, stage, mixing=True)
                 fake_score = m.D(m.E(m.G(ws, stage.level, stage.alpha, self.cfg.train.noise),
                                      stage.level, stage.alpha)).float()
                 loss_g = losses.g_nonsaturating_loss(fake_score)
@@ -186,30 +198,30 @@ class ALAEPhases:
             m.D.requires_grad_(True)
         self._sync_grads([*m.F.parameters(), *m.G.parameters()])
         self.opt_FG.step()
-        with torch.no_grad():
-            w_mean = w.detach().float().mean(0)
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                dist.all_reduce(w_mean)
-                w_mean /= dist.get_world_size()
-            m.w_avg.lerp_(w_mean, 1.0 - self.cfg.train.w_avg_beta)
         return {"loss_g": loss_g.item()}
 
     def latent_phase(self, stage: Stage) -> dict[str, float]:
-        """Step III: update E and G so that E(G(w)) returns w = F(z) (latent reciprocity)."""
+        """Step III: update E, G and F so that E(G(w)) returns w = F(z) (latent reciprocity).
+
+        As in the authors' code, w feeds G with its gradient and only the loss target is detached,
+        so F is updated here too (Algorithm 1 lists E and G only).
+        """
         m = self.model
-        with torch.no_grad(), self._autocast():
-            w = m.F(self._z(stage.batch))  # the target; F is not updated in this phase
         with self._autocast():
-            w_rec = m.E(m.G(m.broadcast(w, stage.level), stage.level, stage.alpha, self.cfg.train.noise),
-                        stage.level, stage.alpha)
+            ws, w = self._styles(stage.batch, stage, mixing=False)
+            w_rec = m.E(m.G(ws, stage.level, stage.alpha, self.cfg.train.noise), stage.level, stage.alpha)
             loss_lae = losses.latent_reciprocity_loss(w, w_rec)
         self._check(loss_lae, "latent", "loss_lae")
         self.opt_ED.zero_grad(set_to_none=True)
         self.opt_FG.zero_grad(set_to_none=True)
         loss_lae.backward()
-        self._sync_grads([*m.E.parameters(), *m.G.parameters()])
-        self.opt_ED.step()  # D has no gradient here, so only E moves
-        self.opt_FG.step()  # F has no gradient here, so only G moves
+        self._sync_grads([*m.E.parameters(), *m.F.parameters(), *m.G.parameters()])
+        # The authors' optimizer steps D here with a zero gradient (torch 1.x zero_grad keeps zeros):
+        # no move (beta1 = 0), but its second moment decays and its step count advances, as theirs.
+        for p in m.D.parameters():
+            p.grad = torch.zeros_like(p)
+        self.opt_ED.step()
+        self.opt_FG.step()
         return {"loss_lae": loss_lae.item()}
 
     def step(self, x: torch.Tensor, stage: Stage) -> dict[str, float]:
@@ -251,7 +263,10 @@ class ALAEPhases:
         return {"images_seen": self.images_seen, "iteration": self.iteration, "level": self.level}
 
     def load(self, tensors: dict[str, torch.Tensor], progress: dict) -> None:
-        """Restore from ``tensors()`` and ``progress()``; exact up to floating-point determinism."""
+        """Restore from ``tensors()`` and ``progress()``; exact up to floating-point determinism.
+
+        A checkpoint without optimizer moments or RNG states (an imported model) starts those afresh.
+        """
         def section(prefix):
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
@@ -265,8 +280,9 @@ class ALAEPhases:
                 state.setdefault(int(idx), {})[field] = val
             sd["state"] = state
             opt.load_state_dict(sd)
-        self.latent_rng.set_state(tensors["rng.latent"])
-        torch.set_rng_state(tensors["rng.torch_cpu"])
+        if "rng.latent" in tensors:  # absent in imported models, which start their streams afresh
+            self.latent_rng.set_state(tensors["rng.latent"])
+            torch.set_rng_state(tensors["rng.torch_cpu"])
         if self.cuda and "rng.torch_cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng.torch_cuda"], self.device)
         self.images_seen = int(progress["images_seen"])

@@ -1,8 +1,9 @@
 """The progressive schedule: a pure function of images seen.
 
-Level ``l`` trains at resolution ``4 * 2**l``. The first level trains ``stable_kimg``; every later
-level first fades in over ``fade_kimg`` (alpha 0 -> 1) and then trains ``stable_kimg`` at alpha 1;
-the top level trains ``final_kimg`` more and then stays there. Resume is "restore the counters and
+Level ``l`` trains at resolution ``4 * 2**l`` for ``fade_kimg + stable_kimg``: every level but the
+first fades in over its first ``fade_kimg`` (alpha 0 -> 1); the first trains the whole length at
+alpha 1 (the authors' code; each of their levels lasts EPOCHS_PER_LOD epochs). The top level trains
+``final_kimg`` more and then stays there. Resume is "restore the counters and
 ask the schedule where we are"; nothing here depends on the number of workers.
 """
 
@@ -36,7 +37,7 @@ def level_spans(cfg: Config) -> list[tuple[int, float, float]]:
     first = 0 if m.kind == "mlp" else m.level_of(s.start_resolution)
     spans, start = [], 0.0
     for level in range(first, m.num_levels):
-        length = s.stable_kimg + (s.fade_kimg if level > first else 0.0)
+        length = s.fade_kimg + s.stable_kimg
         end = math.inf if level == m.num_levels - 1 else start + length
         spans.append((level, start, end))
         start = end
@@ -46,9 +47,7 @@ def level_spans(cfg: Config) -> list[tuple[int, float, float]]:
 def total_kimg(cfg: Config) -> float:
     """Length of the full schedule: every level, then final_kimg at the top."""
     s = cfg.schedule
-    spans = level_spans(cfg)
-    level, start, _ = spans[-1]
-    return start + (s.fade_kimg if len(spans) > 1 else 0.0) + s.stable_kimg + s.final_kimg
+    return len(level_spans(cfg)) * (s.fade_kimg + s.stable_kimg) + s.final_kimg
 
 
 def stage_at(cfg: Config, kimg: float) -> Stage:

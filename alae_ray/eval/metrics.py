@@ -27,7 +27,8 @@ from .sampling import ImageModel, chunk_latents, chunks, match_channels
 
 def generated_sums(im: ImageModel, inception, start: int, count: int, seed: int, psi: float = 1.0) -> FeatureSums:
     z = chunk_latents(seed, start, count, im.latent_size)
-    return FeatureSums.of(inception_features(inception, im.generate(z, psi)).numpy())
+    noise_seed = (seed * 1_000_003 + start + 1) % 2**31  # like z: a function of the chunk, not the runner
+    return FeatureSums.of(inception_features(inception, im.generate(z, psi, noise_seed)).numpy())
 
 
 def real_sums(inception, images: np.ndarray) -> FeatureSums:

@@ -28,8 +28,8 @@ AE_META = "ae.json"
 
 
 def mnist_vectors(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, 28, 28] -> float32 [N, 784] in [-1, 1], the MLP ALAE's input."""
-    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).reshape(len(images), -1) / 127.5 - 1.0
+    """uint8 [N, 28, 28] -> float32 [N, 784] in [0, 1], the MLP ALAE's input (the authors' x / 255)."""
+    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).reshape(len(images), -1) / 255.0
 
 
 class PlainAutoencoder(nn.Module):

@@ -7,13 +7,9 @@ same chunks draw exactly the same latents.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
-from ..core.config import Config
-from ..core.model import ALAE
+from ..api import Model
 
 
 def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -28,71 +24,49 @@ def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"images have {images.shape[1]} channels, the model {channels}")
 
 
-@dataclass
 class ImageModel:
-    model: ALAE
-    cfg: Config
-    level: int
-    device: torch.device
+    """A checkpoint as an image model for the metrics: images are float [N, C, R, R] in [-1, 1]."""
 
-    @property
-    def latent_size(self) -> int:
-        return self.cfg.model.latent_size
+    def __init__(self, api: Model):
+        self.api = api
+        self.model, self.cfg, self.level, self.device = api.network, api.cfg, api.level, api.device
+        self.latent_size, self.channels, self.resolution = api.latent_size, api.channels, api.resolution
 
-    @property
-    def channels(self) -> int:
-        return self.cfg.model.channels
-
-    @property
-    def resolution(self) -> int:
-        m = self.cfg.model
-        return int(math.isqrt(m.mlp_input // m.channels)) if m.kind == "mlp" else m.resolution(self.level)
-
-    def to_images(self, out: torch.Tensor) -> torch.Tensor:
-        """G's output as images [N, C, R, R] in [-1, 1] (the MLP's flat vectors are reshaped)."""
-        return out.view(len(out), self.channels, self.resolution, self.resolution) if out.dim() == 2 else out
-
-    def to_input(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [N, C, R, R] as E's input (flattened for the MLP); RGB <-> grey to E's channels."""
-        images = match_channels(images.to(self.device), self.channels)
-        return images.flatten(1) if self.cfg.model.kind == "mlp" else images
-
-    # Styles are broadcast to every layer (authors' design); noise is off so that a latent maps to one image.
+    # G's noise is on, as in the authors' metrics; fixed, so that every run of a metric agrees.
     @torch.no_grad()
     def mapping(self, z: torch.Tensor) -> torch.Tensor:
         return self.model.F(z.to(self.device))
 
     @torch.no_grad()
     def synthesize(self, w: torch.Tensor) -> torch.Tensor:
-        return self.to_images(self.model.decode(w.to(self.device), self.level, 1.0, noise=False))
+        """G(w); one set of noise images for every w (PPL compares two images under the same noise)."""
+        return self.api.decode(w)
 
     @torch.no_grad()
-    def generate(self, z: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
-        cutoff = self.cfg.train.truncation_cutoff if self.cfg.model.kind == "style" else None
-        out = self.model.generate(z.to(self.device), self.level, 1.0, psi=psi, cutoff=cutoff, noise=False)
-        return self.to_images(out)
+    def generate(self, z: torch.Tensor, psi: float = 1.0, noise_seed: int = 0) -> torch.Tensor:
+        """G(truncate(F(z))) with one noise image per z, drawn from ``noise_seed``."""
+        return self.api.generate(z=z, psi=psi, noise_seed=noise_seed)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        return self.to_images(self.model.reconstruct(self.to_input(images), self.level, 1.0, noise=False))
+        return self.api.reconstruct(match_channels(images.to(self.device), self.channels))
 
 
 def open_image_model(checkpoint: str, *, level: int | None = None, ema: bool = True,
                      device: str | torch.device = "cpu") -> ImageModel:
-    """Load a checkpoint directory (``file://`` prefix allowed) for evaluation.
+    """Load a checkpoint or run directory (``file://`` prefix allowed) for evaluation.
 
     ``level`` defaults to the level the run reached (``progress.json``), else the top level.
     """
-    from ..core.checkpoint import load_model
+    from ..api import load
 
     path = checkpoint[len("file://"):] if checkpoint.startswith("file://") else checkpoint
-    model, cfg, progress = load_model(path, ema=ema, device=device)
-    top = cfg.model.num_levels - 1
-    if level is None:
-        level = progress.get("level") if progress.get("level") is not None else top
-    if not 0 <= level <= top:
-        raise ValueError(f"level {level} is outside the model's levels 0..{top}")
-    return ImageModel(model, cfg, int(level), torch.device(device))
+    api = load(path, ema=ema, device=device)
+    if level is None and api.progress.get("level") is not None:
+        level = int(api.progress["level"])
+    if level is not None and level != api.level:
+        api = Model(api.network, api.cfg, api.progress, level=level, name=api.name)
+    return ImageModel(api)
 
 
 def chunk_latents(seed: int, start: int, count: int, latent_size: int) -> torch.Tensor:

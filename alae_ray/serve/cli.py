@@ -10,16 +10,18 @@ import threading
 
 
 def precheck(uri: str) -> None:
-    """Fail before starting Ray when a local checkpoint is obviously missing (cheap: no loading)."""
-    from alae_ray.core.checkpoint import CONFIG_FILE, PROGRESS_FILE, STATE_FILE
+    """Fail before starting Ray when a local checkpoint (or a run directory's newest) is obviously missing."""
+    from alae_ray.core.checkpoint import CONFIG_FILE, PROGRESS_FILE, STATE_FILE, find_checkpoint
 
     if uri.startswith("s3://"):
         return
     if not os.path.isdir(uri):
         raise FileNotFoundError(f"checkpoint {uri!r} not found")
-    missing = [n for n in (STATE_FILE, CONFIG_FILE, PROGRESS_FILE) if not os.path.isfile(os.path.join(uri, n))]
+    found = find_checkpoint(uri)
+    missing = [n for n in (STATE_FILE, CONFIG_FILE, PROGRESS_FILE) if not (found / n).is_file()]
     if missing:
-        raise ValueError(f"checkpoint {uri!r} is incomplete: {', '.join(missing)} missing")
+        raise ValueError(f"checkpoint {uri!r} is incomplete: {', '.join(missing)} missing (and it holds no "
+                         f"complete checkpoint_* directory)")
 
 
 def root_message(text: str) -> str:
@@ -87,7 +89,8 @@ def register(sub) -> None:
                        description="Start Ray Serve locally (or on the cluster in RAY_ADDRESS) with the ALAE HTTP "
                                    "API and Gradio UI for one checkpoint; blocks until Ctrl-C. For production use "
                                    "deploy/serve.yaml with `serve deploy`.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory: local path or s3://bucket/prefix")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (its newest "
+                   "checkpoint): local path or s3://bucket/prefix")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")

@@ -13,15 +13,17 @@ from pathlib import Path
 
 import torch
 
+from ..core.config import ModelConfig
+
 LOSS_KEYS = ("loss_d", "r1", "loss_g", "loss_lae")
 
 
-def to_images(x: torch.Tensor, channels: int) -> torch.Tensor:
+def to_images(x: torch.Tensor, m: ModelConfig) -> torch.Tensor:
     """Model output -> [N, C, H, W] in [0, 1]; flat MLP outputs become square images."""
     if x.dim() == 2:
-        side = int(math.isqrt(x.shape[1] // channels))
-        x = x.view(x.shape[0], channels, side, side)
-    return ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
+        side = int(math.isqrt(x.shape[1] // m.channels))
+        x = x.view(x.shape[0], m.channels, side, side)
+    return ((x.detach().float().cpu() - m.pixel_min) / (m.pixel_max - m.pixel_min)).clamp(0, 1)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
@@ -39,13 +41,17 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
 @torch.no_grad()
 def sample_grids(model, level: int, alpha: float, z: torch.Tensor, reals: torch.Tensor, out_dir: Path,
                  tag: str, psi: float = 1.0, cutoff: int | None = None) -> list[Path]:
-    """Generations from fixed z and reconstructions of fixed reals (rows: reals, reconstructions)."""
-    ch = model.cfg.channels
-    gen = model.generate(z, level, alpha, psi=psi, cutoff=cutoff, noise=False)
-    rec = model.reconstruct(reals, level, alpha)
+    """Generations from fixed z and reconstructions of fixed reals (rows: reals, reconstructions).
+
+    G's noise is on (as in training) with the same noise images at every tick, so grids compare.
+    """
+    m = model.cfg
+    noise = model.noise_images(level, 1, torch.Generator().manual_seed(0)) if m.kind == "style" else None
+    gen = model.generate(z, level, alpha, psi=psi, cutoff=cutoff, noise=True, noise_images=noise)
+    rec = model.reconstruct(reals, level, alpha, noise=True, noise_images=noise)
     n = reals.shape[0]
-    pairs = torch.cat([to_images(reals, ch), to_images(rec, ch)])
-    return [save_grid(to_images(gen, ch), out_dir / f"generations_{tag}.png"),
+    pairs = torch.cat([to_images(reals, m), to_images(rec, m)])
+    return [save_grid(to_images(gen, m), out_dir / f"generations_{tag}.png"),
             save_grid(pairs, out_dir / f"reconstructions_{tag}.png", nrow=n)]
 
 

@@ -12,7 +12,7 @@ def cmd_train(args) -> int:
                         name=args.name, workers=args.workers, gpu=args.gpu, max_kimg=args.max_kimg,
                         tick_kimg=args.tick_kimg, checkpoint_kimg=args.checkpoint_kimg, keep=args.keep,
                         max_failures=args.max_failures, flip=not args.no_flip,
-                        cpus_per_worker=args.cpus_per_worker)
+                        cpus_per_worker=args.cpus_per_worker, init_checkpoint=args.init)
     try:
         summary = run(opts)
     except Exception as exc:  # Ray wraps worker errors; show the root cause in one line
@@ -46,5 +46,8 @@ def register(sub) -> None:
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
     p.add_argument("--max-failures", type=int, default=0, help="restarts from the latest checkpoint on failure")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    p.add_argument("--init", metavar="CHECKPOINT", default=None,
+                   help="start a new run from this checkpoint's networks (e.g. one from `alae-ray import-authors`, "
+                        "to fine-tune); ignored once the run has checkpoints of its own")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_train)

@@ -18,6 +18,7 @@ from ..data import open_dataset, prepare, read_level_numpy
 from ..data.prepare import PrepareOptions
 from ..data.sources import shapes_source
 from ..data.storage import DatasetError, resolve
+from .checkpoints import checkpoint_info
 
 DEFAULT_CACHE = Path(os.environ.get("ALAE_RAY_CACHE", Path.home() / ".cache" / "alae-ray"))
 
@@ -112,6 +113,13 @@ def plan(opts: TrainOptions) -> Plan:
                                          opts.shapes_count, cfg.train.seed)
     manifest = open_dataset(data)
     resolutions = _data_resolutions(cfg, manifest)
+    if opts.init_checkpoint:  # its networks must be the ones this config builds (checked before Ray starts)
+        init_model = checkpoint_info(opts.init_checkpoint)[0].model
+        if init_model != cfg.model:
+            diff = [f"{k}: {getattr(init_model, k)} there, {getattr(cfg.model, k)} here"
+                    for k in init_model.__dataclass_fields__ if getattr(init_model, k) != getattr(cfg.model, k)]
+            raise ConfigError(f"--init {opts.init_checkpoint}: its model differs from preset {cfg.name!r} "
+                              f"({'; '.join(diff)})")
     name = opts.name or cfg.name
     storage_path, storage_fs = _storage(opts.storage)
     if opts.artifacts:
@@ -129,8 +137,6 @@ def _tuning_inputs(opts: TrainOptions, cfg: Config, manifest, resolutions: list[
     """(images seen at the start, in kimg; held-out images for the objective or None)."""
     start_kimg = 0.0
     if opts.init_checkpoint:
-        from ..tune.checkpoints import checkpoint_info
-
         start_kimg = checkpoint_info(opts.init_checkpoint)[1]["images_seen"] / 1000.0
     if not opts.objective:
         return start_kimg, None

@@ -23,9 +23,10 @@ import ray.train
 import ray.train.torch
 
 from ..core.checkpoint import read_checkpoint, write_checkpoint
-from ..core.config import from_dict
+from ..core.config import ModelConfig, from_dict
 from ..core.loop import Tick, train
 from ..core.phases import ALAEPhases, NonFiniteLossError, Shard
+from ..core.pixels import from_uint8
 from ..core.schedule import Stage
 from ..data.ray_reader import dataset_key
 from . import artifacts
@@ -40,9 +41,9 @@ class ShardStream:
     Flips are decided per (row id, epoch) for the same reason.
     """
 
-    def __init__(self, seed: int, rank: int, flip: bool, buffer: int, data_resolution: int | None, flat: bool):
+    def __init__(self, seed: int, rank: int, flip: bool, buffer: int, data_resolution: int | None, model: ModelConfig):
         self.seed, self.rank, self.flip, self.buffer = seed, rank, flip, buffer
-        self.data_resolution, self.flat = data_resolution, flat
+        self.data_resolution, self.model = data_resolution, model
         self.resolution: int | None = None
         self.epoch = 0
         self.batches = 0  # batches taken in the current epoch
@@ -83,8 +84,8 @@ class ShardStream:
             ids = torch.from_numpy(np.asarray(batch["id"], dtype=np.int64))
             mask = ((ids * 2654435761 + self.epoch * 40503) >> 11) & 1  # per (row, epoch)
             x = torch.where(mask.bool().view(-1, 1, 1, 1), x.flip(-1), x)
-        x = x.float().div_(127.5).sub_(1.0)
-        return x.flatten(1) if self.flat else x
+        x = from_uint8(x, self.model)
+        return x.flatten(1) if self.model.kind == "mlp" else x
 
 
 def _gather(obj) -> list:
@@ -120,7 +121,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     phases = ALAEPhases(cfg, device, Shard(rank, world))
     stream = ShardStream(cfg.train.seed, rank, config["flip"], config["shuffle_buffer"],
-                         config.get("data_resolution"), flat=cfg.model.kind == "mlp")
+                         config.get("data_resolution"), cfg.model)
     out_dir = Path(config["artifacts_dir"])
     fixed: dict[str, torch.Tensor] = {}
 
@@ -142,8 +143,7 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0 and config.get("objective"):  # tuning: an objective on a fixed held-out batch every tick
         from ..tune.objective import Evaluator
 
-        evaluator = Evaluator(config["objective"], config["held_out"], cfg.model.latent_size, device,
-                              flat=cfg.model.kind == "mlp")
+        evaluator = Evaluator(config["objective"], config["held_out"], cfg.model, device)
     placement = _gather({"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
                          "host": socket.gethostname(), "pid": os.getpid(), "device": str(device)})
     if rank == 0:  # where each worker ran: for people debugging a cluster, and for the cluster test
@@ -227,7 +227,7 @@ def _write_samples(phases: ALAEPhases, stage: Stage, fixed: dict, out_dir: Path,
     reals = config.get("fixed_reals")  # uint8 [n, C, R, R] at the top resolution, from the driver
     if reals is None:
         return
-    x = torch.from_numpy(np.asarray(reals)).float().div(127.5).sub(1.0).to(phases.device)
+    x = from_uint8(torch.from_numpy(np.asarray(reals)), phases.cfg.model).to(phases.device)
     if phases.cfg.model.kind == "mlp":
         x = x.flatten(1)
     else:

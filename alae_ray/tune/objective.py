@@ -29,7 +29,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..core.config import ModelConfig
 from ..core.phases import fade_reals
+from ..core.pixels import from_uint8
 
 OBJECTIVES = ("recon", "fid")
 DIVERGED = 1e9  # reported instead of NaN/inf (mode "min": the worst possible)
@@ -41,10 +43,6 @@ def sanitize(value: float, bad: float = DIVERGED) -> float:
     return value if math.isfinite(value) else bad
 
 
-def to_float_images(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 [N, C, R, R] -> float [-1, 1] on ``device``."""
-    x = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
-    return x.to(device).float().div(127.5).sub(1.0)
 
 
 def fixed_latents(n: int, latent_size: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -113,24 +111,23 @@ class Evaluator:
     ``seed``, ``fid_samples``, ``inception_weights``); ``held_out`` maps resolution -> uint8 images.
     """
 
-    def __init__(self, spec: dict, held_out: dict, latent_size: int, device: torch.device | str = "cpu",
-                 flat: bool = False):
+    def __init__(self, spec: dict, held_out: dict, model: ModelConfig, device: torch.device | str = "cpu"):
         kind = spec.get("kind", "recon")
         if kind not in OBJECTIVES:
             raise ValueError(f"objective.kind must be one of {', '.join(OBJECTIVES)}, got {kind!r}")
-        self.spec, self.kind, self.device, self.flat = spec, kind, torch.device(device), flat
+        self.spec, self.kind, self.device, self.model = spec, kind, torch.device(device), model
         self.held_out = {int(r): v for r, v in held_out.items()}
         n = int(spec.get("fid_samples", 256) if kind == "fid" else spec.get("held_out", 32))
-        self.z = fixed_latents(n, latent_size, int(spec.get("seed", 0)), self.device)
+        self.z = fixed_latents(n, model.latent_size, int(spec.get("seed", 0)), self.device)
         self._features = None
         self._real_stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def reals(self, resolution: int) -> torch.Tensor:
         key = resolution if resolution in self.held_out else max(self.held_out)
-        x = to_float_images(self.held_out[key], self.device)
+        x = from_uint8(torch.as_tensor(np.asarray(self.held_out[key])).to(self.device), self.model)
         while x.dim() == 4 and x.shape[-1] > resolution:  # a level without its own held-out images
             x = torch.nn.functional.avg_pool2d(x, 2)
-        return x.flatten(1) if self.flat else x
+        return x.flatten(1) if self.model.kind == "mlp" else x
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         if self._features is None:

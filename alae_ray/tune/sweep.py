@@ -356,7 +356,7 @@ def _check_key(s: Sweep, key: str, cfg: Config) -> None:
 
 def plan_sweep(sweep: Sweep) -> SweepPlan:
     """Check the sweep against its base config and start checkpoint; every error names the file, key or URI."""
-    from .checkpoints import checkpoint_info
+    from ..train.checkpoints import checkpoint_info
 
     p = sweep.path
     start_kimg, start_level, ckpt_cfg = 0.0, None, None
