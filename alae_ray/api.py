@@ -125,7 +125,7 @@ class Model:
         if isinstance(images, torch.Tensor) and images.is_floating_point():
             x = images if images.dim() == 4 else images[None]
         else:
-            x = torch.from_numpy(_uint8_batch(images, self.resolution, self.channels))
+            x = torch.from_numpy(_uint8_batch(images, self.resolution, self.channels).copy())  # PIL's are read-only
             x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
         if x.shape[1] != self.channels or x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
             raise ValueError(f"{self.name}: images must be [N, {self.channels}, {self.resolution}, "

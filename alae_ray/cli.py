@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import traceback
 
 from .core.config import ConfigError, load_config, preset_names
 
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, ValueError, FileNotFoundError, PermissionError) as exc:
+        if os.environ.get("ALAE_RAY_DEBUG"):  # the whole traceback, for bug reports
+            traceback.print_exc()
         print(f"alae-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -76,28 +76,30 @@ def two_node_cluster(tmp_path_factory):
                  "metrics-export-port", "ray-client-server-port")
         return [f"--{n}={free_port()}" for n in names]
 
-    # A short temp dir: Ray's socket paths must fit in 107 characters.
-    temp_dir = Path("/tmp") / f"ray-{gcs}"
+    # Short temp dirs (Ray's socket paths must fit in 107 characters), one per node: a shared one
+    # would let the worker node's runtime-env agent delete the job's working directory (its own copy
+    # of the same package) under the driver on the head when that node's last task using it ends.
+    temp_dir, worker_dir = Path("/tmp") / f"ray-{gcs}", Path("/tmp") / f"ray-{gcs}-w"
     head = subprocess.run([ray, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
                            "--num-cpus=3", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                            f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--disable-usage-stats", *own_ports()],
                           env=env, capture_output=True, text=True, timeout=180)
     assert head.returncode == 0, head.stderr[-2000:]
     worker = subprocess.run([ray, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
-                             "--num-cpus=3", "--disable-usage-stats", *own_ports()],
+                             "--num-cpus=3", f"--temp-dir={worker_dir}", "--disable-usage-stats", *own_ports()],
                             env=env, capture_output=True, text=True, timeout=180)
     try:
         assert worker.returncode == 0, worker.stderr[-2000:]
         yield {"address": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}", "env": env, "tmp": tmp}
     finally:
-        stop_cluster(gcs, temp_dir)
+        stop_cluster(gcs, temp_dir, worker_dir)
 
 
-def stop_cluster(gcs_port: int, temp_dir: Path) -> None:
+def stop_cluster(gcs_port: int, *temp_dirs: Path) -> None:
     """Stop this cluster's processes only (`ray stop` would kill every Ray on the machine)."""
     import psutil
 
-    marks = (str(temp_dir), f"127.0.0.1:{gcs_port}", f"--gcs_server_port={gcs_port}")
+    marks = (*map(str, temp_dirs), f"127.0.0.1:{gcs_port}", f"--gcs_server_port={gcs_port}")
     procs = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
@@ -108,7 +110,8 @@ def stop_cluster(gcs_port: int, temp_dir: Path) -> None:
     _, alive = psutil.wait_procs(procs, timeout=20)
     for p in alive:
         p.kill()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    for d in temp_dirs:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def submit(cluster, *entrypoint: str, timeout: float = 900) -> str:
@@ -121,7 +124,8 @@ def submit(cluster, *entrypoint: str, timeout: float = 900) -> str:
         if "No available agent" not in out.stdout + out.stderr:
             break
         time.sleep(3)
-    assert out.returncode == 0, (out.stdout[-4000:], out.stderr[-2000:])
+    errors = [line for line in (out.stdout + out.stderr).splitlines() if "Error" in line or "error:" in line]
+    assert out.returncode == 0, ("\n".join(errors[-10:]), out.stdout[-3000:], out.stderr[-1000:])
     assert "succeeded" in (out.stdout + out.stderr).lower()  # "Job ... succeeded"
     return out.stdout
 
@@ -166,8 +170,9 @@ def test_tune_job_runs_on_the_cluster(two_node_cluster):
     sweep["trial"].update(kimg=0.128)
     path = tmp / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
-    submit(two_node_cluster, "env", f"ALAE_RAY_CACHE={tmp / 'cache'}", sys.executable, "-m", "alae_ray.cli",
-           "tune", "--sweep", str(path), "--storage", str(tmp / "tune"), "--name", "job", "--quiet")
+    submit(two_node_cluster, "env", f"ALAE_RAY_CACHE={tmp / 'cache'}", "ALAE_RAY_DEBUG=1",  # tracebacks in the log
+           sys.executable, "-m", "alae_ray.cli", "tune", "--sweep", str(path), "--storage", str(tmp / "tune"),
+           "--name", "job", "--quiet")
     out = tmp / "tune" / "job"
     assert (out / "results.csv").is_file() and (out / "results.md").is_file()
     assert len((out / "results.csv").read_text().strip().splitlines()) == 1 + 2  # header + two trials

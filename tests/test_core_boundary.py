@@ -1,4 +1,4 @@
-"""The core never imports Ray: importing every core module with ``import ray`` blocked works."""
+"""The core (and the Python API on it) never imports Ray: importing them with ``import ray`` blocked works."""
 
 import subprocess
 import sys
@@ -10,6 +10,7 @@ CORE = Path(__file__).resolve().parents[1] / "alae_ray" / "core"
 
 def test_core_imports_without_ray():
     modules = sorted(f"alae_ray.core.{p.stem}" for p in CORE.glob("*.py") if p.stem != "__init__")
+    modules += ["alae_ray.api", "alae_ray.releases"]  # the Python API and the import run without Ray too
     assert "alae_ray.core.phases" in modules and "alae_ray.core.networks" in modules
     code = textwrap.dedent(f"""
         import sys, importlib

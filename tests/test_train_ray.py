@@ -166,3 +166,36 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, shapes_lo
     assert any("discriminator phase" in c for c in chain)
     assert {p.name: p.read_bytes() for p in Path(good["checkpoint"]).iterdir()} == before
     assert read_checkpoint(good["checkpoint"])[2]["images_seen"] == 96
+
+
+def test_fine_tuning_starts_from_an_imported_authors_model(tmp_path, shared_data, ray_local):
+    """train --init with the authors' (fixture) checkpoint: its config, its weights, the top level."""
+    import torch
+
+    from alae_ray.core.checkpoint import load_model, read_checkpoint
+    from alae_ray.data import PrepareOptions, prepare
+    from alae_ray.data.sources import shapes_source
+    from alae_ray.releases import import_authors
+    from alae_ray.train.run import TrainOptions, run
+
+    ref = shared_data / "authors-reference"
+    imported = tmp_path / "small"
+    import_authors(str(ref / "small_style.pth"), imported, config=str(ref / "small_style.yaml"), progress=False)
+    start = read_checkpoint(imported)[2]["images_seen"]
+    data = str(tmp_path / "shapes32")
+    prepare(shapes_source(200, 32, seed=0), data, PrepareOptions(progress=False))
+    summary = run(TrainOptions(preset=None, init_checkpoint=str(imported), overrides=["schedule.batch={4: 16}"],
+                               data=data, storage=str(tmp_path / "runs"), name="ft", artifacts=str(tmp_path / "art"),
+                               max_kimg=start / 1000 + 0.032, tick_kimg=0.016, checkpoint_kimg=0.032, console=False,
+                               shuffle_buffer=64))
+    _, _, progress = read_checkpoint(summary["checkpoint"])
+    assert progress["images_seen"] == start + 32 and progress["level"] == 3  # the top level, where they stopped
+    rows = metrics(tmp_path / "art")
+    assert {r["resolution"] for r in rows} == {32} and all(r["alpha"] == 1.0 for r in rows)
+    before, _, _ = load_model(imported, ema=False)
+    after, cfg, _ = load_model(summary["checkpoint"], ema=False)
+    assert cfg.name == "small_style"
+    for (name, a), b in zip(before.state_dict().items(), after.state_dict().values()):
+        # two iterations of Adam moved each stored weight by at most a few learning rates
+        assert (a - b).abs().max() < 10 * 0.0015, name
+    assert any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))

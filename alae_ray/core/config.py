@@ -232,9 +232,9 @@ def load_preset_dict(name_or_path: str | Path) -> dict:
     return data
 
 
-def load_config(preset: str | Path = "tiny", overrides: list[str] | Mapping[str, Any] = ()) -> Config:
-    """Load a preset (name or YAML path) and apply dotted overrides (``key=value`` strings or a dict)."""
-    data = load_preset_dict(preset)
+def load_config(preset: str | Path | Config = "tiny", overrides: list[str] | Mapping[str, Any] = ()) -> Config:
+    """Load a preset (name, YAML path or a Config) and apply dotted overrides (``key=value`` strings or a dict)."""
+    data = preset.to_dict() if isinstance(preset, Config) else load_preset_dict(preset)
     items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
     for key, value in items:
         _set_dotted(data, key, value)

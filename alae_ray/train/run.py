@@ -30,7 +30,7 @@ EMBEDDED_COUNT = 20_000
 
 @dataclass
 class TrainOptions:
-    preset: str = "tiny"  # Preset name or YAML path.
+    preset: str | None = "tiny"  # Preset name or YAML path; None with init_checkpoint: that checkpoint's config.
     overrides: list[str] = field(default_factory=list)  # Dotted key=value overrides.
     data: str | None = None  # Dataset URI (local or s3://); None = the embedded procedural dataset.
     storage: str = "runs"  # Where checkpoints and artifacts go (local path or s3://bucket/prefix).
@@ -104,7 +104,15 @@ class Plan:
 
 
 def plan(opts: TrainOptions) -> Plan:
-    cfg = load_config(opts.preset, opts.overrides)
+    init = checkpoint_info(opts.init_checkpoint)[0] if opts.init_checkpoint else None
+    if opts.preset is None and init is None:
+        raise ConfigError("a preset is needed (or --init, whose checkpoint's config is then used)")
+    cfg = load_config(opts.preset if opts.preset is not None else init, opts.overrides)
+    if init is not None and init.model != cfg.model:  # its networks must be the ones this config builds
+        diff = [f"{k}: {getattr(init.model, k)} there, {getattr(cfg.model, k)} here"
+                for k in init.model.__dataclass_fields__ if getattr(init.model, k) != getattr(cfg.model, k)]
+        raise ConfigError(f"--init {opts.init_checkpoint}: its model differs from preset {cfg.name!r} "
+                          f"({'; '.join(diff)})")
     if opts.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {opts.workers}")
     for b in cfg.schedule.batch.values():
@@ -113,13 +121,6 @@ def plan(opts: TrainOptions) -> Plan:
                                          opts.shapes_count, cfg.train.seed)
     manifest = open_dataset(data)
     resolutions = _data_resolutions(cfg, manifest)
-    if opts.init_checkpoint:  # its networks must be the ones this config builds (checked before Ray starts)
-        init_model = checkpoint_info(opts.init_checkpoint)[0].model
-        if init_model != cfg.model:
-            diff = [f"{k}: {getattr(init_model, k)} there, {getattr(cfg.model, k)} here"
-                    for k in init_model.__dataclass_fields__ if getattr(init_model, k) != getattr(cfg.model, k)]
-            raise ConfigError(f"--init {opts.init_checkpoint}: its model differs from preset {cfg.name!r} "
-                              f"({'; '.join(diff)})")
     name = opts.name or cfg.name
     storage_path, storage_fs = _storage(opts.storage)
     if opts.artifacts:
