@@ -23,11 +23,11 @@ def alae_ray(*args, cwd, env):
 def test_embedded_default_trains_end_to_end(tmp_path):
     env = {**os.environ, "ALAE_RAY_CACHE": str(tmp_path / "cache"), "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
-    # The default command, bounded to 1.2 kimg (the full tiny schedule is 9 kimg) to keep CI short.
-    out = alae_ray("train", "--max-kimg", "1.2", "--json", cwd=tmp_path, env=env)
+    # The default command, bounded to 2.2 kimg (into level 1; the full tiny schedule is 9 kimg).
+    out = alae_ray("train", "--max-kimg", "2.2", "--json", cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout[out.stdout.index("{"):])
-    assert summary["kimg"] == pytest.approx(1.2, abs=0.032)
+    assert summary["kimg"] == pytest.approx(2.2, abs=0.032)
     ckpt = Path(summary["checkpoint"])
     assert (ckpt / "state.safetensors").is_file() and (ckpt / "config.json").is_file()
     assert ckpt.is_relative_to(tmp_path / "runs" / "tiny")  # default storage: ./runs/<preset>

@@ -109,9 +109,12 @@ def test_one_and_two_workers_agree_on_the_first_step(tmp_path, shapes_local):
         first[workers] = metrics(tmp_path / str(workers) / "artifacts")[0]
     one, two = first[1], first[2]
     assert one["iteration"] == two["iteration"] == 1
-    # Same z, same mixing, same initial weights: only which 16 images form the batch may differ.
-    for key in ("loss_d", "loss_g", "loss_lae", "fake_score"):
-        assert two[key] == pytest.approx(one[key], rel=0.1), key  # exact equality: test_distributed_core
+    # Same z, same mixing, same initial weights, and metrics averaged over the workers: the fakes'
+    # score (before any update) is the same up to rounding; the rest also depends on which 16 images
+    # Ray Data gave each worker (exactness with equal batches: test_distributed_core).
+    assert two["fake_score"] == pytest.approx(one["fake_score"], rel=1e-4)
+    for key in ("loss_d", "loss_g", "loss_lae"):
+        assert two[key] == pytest.approx(one[key], rel=0.1), key
 
 
 def test_interrupted_run_resumes_exactly(tmp_path, shapes_local):
@@ -184,7 +187,7 @@ def test_fine_tuning_starts_from_an_imported_authors_model(tmp_path, shared_data
     start = read_checkpoint(imported)[2]["images_seen"]
     data = str(tmp_path / "shapes32")
     prepare(shapes_source(200, 32, seed=0), data, PrepareOptions(progress=False))
-    summary = run(TrainOptions(preset=None, init_checkpoint=str(imported), overrides=["schedule.batch={4: 16}"],
+    summary = run(TrainOptions(preset=None, init_checkpoint=str(imported), overrides=["schedule.batch={32: 16}"],
                                data=data, storage=str(tmp_path / "runs"), name="ft", artifacts=str(tmp_path / "art"),
                                max_kimg=start / 1000 + 0.032, tick_kimg=0.016, checkpoint_kimg=0.032, console=False,
                                shuffle_buffer=64))
@@ -195,7 +198,7 @@ def test_fine_tuning_starts_from_an_imported_authors_model(tmp_path, shared_data
     before, _, _ = load_model(imported, ema=False)
     after, cfg, _ = load_model(summary["checkpoint"], ema=False)
     assert cfg.name == "small_style"
-    for (name, a), b in zip(before.state_dict().items(), after.state_dict().values()):
+    for (name, a), b in zip(before.named_parameters(), after.parameters()):
         # two iterations of Adam moved each stored weight by at most a few learning rates
         assert (a - b).abs().max() < 10 * 0.0015, name
-    assert any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
+    assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))

@@ -97,6 +97,12 @@ def _gather(obj) -> list:
     return out
 
 
+def _mean_over_ranks(losses: dict[str, float]) -> dict[str, float]:
+    """Each loss averaged over the workers: the global batch's value, not rank 0's slice of it."""
+    per_rank = _gather(losses)
+    return {k: sum(r[k] for r in per_rank) / len(per_rank) for k in losses}
+
+
 def _gather_rng(phases: ALAEPhases) -> dict[str, torch.Tensor]:
     """Every rank's own RNG state (G's noise), gathered for rank 0's checkpoint."""
     mine = {"cpu": torch.get_rng_state()}
@@ -158,7 +164,7 @@ def train_loop_per_worker(config: dict) -> None:
     def on_tick(tick: Tick) -> None:
         s = tick.stage
         metrics = {"kimg": tick.kimg, "iteration": tick.iteration, "level": s.level, "resolution": s.resolution,
-                   "alpha": s.alpha, "batch": s.batch, "lr": s.lr, **tick.losses,
+                   "alpha": s.alpha, "batch": s.batch, "lr": s.lr, **_mean_over_ranks(tick.losses),
                    "sec_per_kimg": tick.sec_per_kimg, "images_per_sec": tick.images_per_sec,
                    "epoch": stream.epoch, "wall_s": time.perf_counter() - t0}
         if evaluator is not None:
