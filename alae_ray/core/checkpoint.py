@@ -16,7 +16,9 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -35,8 +37,10 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete or does not match its config; the message names it."""
 
 
-def write_checkpoint(directory: str | Path, cfg: Config, tensors: dict[str, torch.Tensor], progress: dict) -> Path:
-    """Write atomically: fill a sibling temporary directory, then rename it to ``directory``."""
+@contextmanager
+def atomic_directory(directory: str | Path) -> Iterator[Path]:
+    """Yield a sibling temporary directory to fill; on success it replaces ``directory`` (rename), on
+    failure it is removed and ``directory`` stays as it was."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
@@ -44,9 +48,7 @@ def write_checkpoint(directory: str | Path, cfg: Config, tensors: dict[str, torc
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / STATE_FILE))
-        (tmp / CONFIG_FILE).write_text(cfg.to_json())
-        (tmp / PROGRESS_FILE).write_text(json.dumps({**progress, "format": FORMAT}, indent=2, sort_keys=True))
+        yield tmp
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             directory.rename(old)
@@ -57,7 +59,15 @@ def write_checkpoint(directory: str | Path, cfg: Config, tensors: dict[str, torc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return directory
+
+
+def write_checkpoint(directory: str | Path, cfg: Config, tensors: dict[str, torch.Tensor], progress: dict) -> Path:
+    """Write atomically: fill a sibling temporary directory, then rename it to ``directory``."""
+    with atomic_directory(directory) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / STATE_FILE))
+        (tmp / CONFIG_FILE).write_text(cfg.to_json())
+        (tmp / PROGRESS_FILE).write_text(json.dumps({**progress, "format": FORMAT}, indent=2, sort_keys=True))
+    return Path(directory)
 
 
 def read_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Config, dict[str, torch.Tensor], dict]:

@@ -93,8 +93,12 @@ class MLPEncoder(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return lrelu(self.fc2(lrelu(self.fc1(x.flatten(1)))))
 
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """w from the features: the last layer and its leaky ReLU 0.01."""
+        return lrelu(self.fc3(features), 0.01)
+
     def forward(self, x: torch.Tensor, level: int = 0, alpha: float = 1.0) -> torch.Tensor:
-        return lrelu(self.fc3(self.features(x)), 0.01)
+        return self.head(self.features(x))
 
 
 # --- StyleALAE (§5) --------------------------------------------------------------------------
