@@ -7,6 +7,8 @@
     x = model.reconstruct(images)                       # G(E(x))
     x = model.generate(seed=[1, 2, 3], psi=0.7)         # G(F(z)), truncated
     x = model.mix(w_src, w_dst, "coarse")               # styles of a band from w_src, the rest from w_dst
+    x = model.edit(w, 0, [-3, 0, 3])                     # along the strongest edit direction (SeFa)
+    w, x = model.refine(images, steps=100)               # a sharper reconstruction, by optimising w
     model.to_pil(x)[0]                                  # look at it
 
 Image conventions. Returned images are float32 tensors [N, C, R, R] in [-1, 1] on the model's
@@ -43,6 +45,7 @@ from .core.model import ALAE
 from .core.pixels import from_uint8, to_uint8
 
 MAX_FORWARD = 64  # images per forward pass: bounds activation memory at large resolutions
+MAX_REFINE_STEPS = 1000  # refinement is an optimisation per request: bounded
 
 
 def pick_device(name: str | torch.device = "auto") -> torch.device:
@@ -253,6 +256,71 @@ class Model:
         if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim() <= 2:
             return (v[None] if v.dim() == 1 else v).float().to(self.device)
         return self.encode(v)
+
+    # --- beyond the authors: edit directions and sharper reconstructions -----------------------
+
+    @torch.no_grad()
+    def directions(self, k: int = 10) -> torch.Tensor:
+        """The ``k`` strongest unsupervised edit directions in W [k, L], unit length (SeFa, Shen & Zhou
+        2021: the top eigenvectors of AᵀA, A = G's style-affine weights stacked over every style
+        input up to this level). Computed once per model."""
+        if self.mlp:
+            raise ValueError(f"{self.name}: edit directions need a StyleALAE (G's style affines)")
+        if getattr(self, "_directions", None) is None:
+            weights = []
+            for block in self.network.G.blocks[:self.level + 1]:
+                for style in (block.style_1, block.style_2):
+                    w = style.weight * style.coef  # effective [2C, L]
+                    weights.append(w / w.norm(dim=1, keepdim=True).clamp_min(1e-12))  # each output alike
+            a = torch.cat(weights).double().cpu()
+            eigenvalues, eigenvectors = torch.linalg.eigh(a.T @ a)  # ascending
+            self._directions = eigenvectors.flip(1).T.float()  # [L, L], strongest first
+        return self._directions[:k].to(self.device)
+
+    @torch.inference_mode()
+    def edit(self, w, direction: int | torch.Tensor, strength: float | Sequence[float], *,
+             layers: str | range | None = None, noise: bool = True, noise_seed: int | None = 0) -> torch.Tensor:
+        """Images of w moved by ``strength`` along a direction (an index into ``directions()`` or a
+        vector [L]) at the style inputs in ``layers`` (a band name or range; default: all). A list of
+        strengths gives one image per strength for each w: [N * len(strengths), C, R, R]."""
+        w = self._code(w)
+        d = self.directions(int(direction) + 1)[int(direction)] if isinstance(direction, int) else \
+            torch.as_tensor(direction, dtype=torch.float32, device=self.device)
+        layers = self.band(layers) if isinstance(layers, str) else (layers or range(0, self.style_layers))
+        strengths = torch.as_tensor(np.atleast_1d(strength), dtype=torch.float32, device=self.device)
+        ws = self.network.broadcast(w, self.level).repeat_interleave(len(strengths), 0).clone()  # [N k, S, L]
+        shift = strengths.repeat(len(w))[:, None] * d[None]  # [N k, L]
+        ws[:, layers.start:layers.stop] += shift[:, None]
+        return self.decode(ws, noise=noise, noise_seed=noise_seed)
+
+    def refine(self, images, *, steps: int = 100, lr: float = 0.01, per_layer: bool = False, lpips=None,
+               lpips_weight: float = 1.0, noise_seed: int = 0, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A sharper reconstruction: start from w = E(x) and optimise it for ``steps`` Adam steps
+        against the input (mean squared pixel error, plus ``lpips_weight`` x LPIPS when an LPIPS
+        network ``lpips(a, b) -> [N]`` is given). ``per_layer`` optimises one w per style input.
+        Returns (refined codes [N, L] or [N, S, L], refined images); ``progress(step, loss)`` is
+        called as it goes. The encoder's result is ``reconstruct(images)``."""
+        if not 0 <= steps <= MAX_REFINE_STEPS:
+            raise ValueError(f"refine steps must be between 0 and {MAX_REFINE_STEPS}, got {steps}")
+        x = self.images(images)
+        w0 = self.encode(x)
+        w = (self.network.broadcast(w0, self.level) if per_layer else w0).clone().requires_grad_(True)
+        noise = self._noise_images(None, noise_seed) if not self.mlp else None
+        opt = torch.optim.Adam([w], lr=lr)
+        target = self._to_net(x)
+        for step in range(steps):
+            with torch.enable_grad():
+                y = self.network.decode(w, self.level, 1.0, True, noise)
+                loss = (y - target).pow(2).mean()
+                if lpips is not None:
+                    loss = loss + lpips_weight * lpips(self._from_net(y), x).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if progress is not None:
+                progress(step + 1, float(loss))
+        w = w.detach()
+        return w, self.decode(w, noise_seed=noise_seed)
 
 
 def _after_z(seed: int, latent_size: int, keep: bool = False):

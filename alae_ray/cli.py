@@ -41,6 +41,27 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """An inference checkpoint: the EMA networks and the w average, no optimizer state or RNGs."""
+    from pathlib import Path
+
+    from .core.checkpoint import find_checkpoint, is_checkpoint, read_checkpoint, write_checkpoint
+
+    src = find_checkpoint(args.checkpoint)
+    out = Path(args.out)
+    if out.exists() and not (args.force and is_checkpoint(out)):
+        raise ValueError(f"--out {str(out)!r} already exists" + (" (use --force to replace that checkpoint)"
+                                                                 if is_checkpoint(out) else ""))
+    cfg, tensors, progress = read_checkpoint(src, prefixes=("ema.",))
+    if not tensors:
+        cfg, tensors, progress = read_checkpoint(src, prefixes=("model.",))
+        tensors = {"ema." + k[len("model."):]: v for k, v in tensors.items()}
+    write_checkpoint(out, cfg, tensors, {**progress, "exported_from": str(src), "inference_only": True})
+    size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
+    print(f"exported {src} -> {out} ({cfg.name}, {size:.1f} MiB: the EMA networks and the w average)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alae-ray", description="Train and serve Adversarial Latent Autoencoders on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted config override, repeatable")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("export", help="write an inference checkpoint (EMA networks and w average only)",
+                       description="Copy what inference needs (the EMA networks and the running average of w) "
+                                   "from a checkpoint or a run directory's newest checkpoint into a smaller "
+                                   "checkpoint for serve, eval and alae_ray.load; train --init accepts it too.")
+    p.add_argument("checkpoint", help="checkpoint or run directory")
+    p.add_argument("--out", required=True, help="checkpoint directory to write (must not exist)")
+    p.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
+    p.set_defaults(func=cmd_export)
     for name in MODULES:
         importlib.import_module(name).register(sub)
     return parser

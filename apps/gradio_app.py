@@ -1,4 +1,5 @@
-"""The Gradio UI of an ALAE: reconstruction, style mixing (Figure 9 grid), generation, interpolation.
+"""The Gradio UI of an ALAE: reconstruction (plain and refined), edits along learned directions, style
+mixing (Figure 9 grid), generation, interpolation.
 
 ``build_ui(service, examples)`` returns a ``gr.Blocks`` that calls the same ``Service`` as the HTTP
 API, so uploads go through the same validation and the model through the same batched deployment.
@@ -98,6 +99,21 @@ def build_ui(service: Service, examples: Examples) -> gr.Blocks:
             raise gr.Error(exc.message) from None
         return enlarge(strip(r.images), res, 128)
 
+    async def edit(path, direction, strength, layers):
+        try:
+            r = await service.edit(int(direction), strength, layers, image=_load(service, path, "input"))
+        except InputError as exc:
+            raise gr.Error(exc.message) from None
+        return enlarge(r.images[0], res)
+
+    async def refine(path, steps):
+        try:
+            rec, refined, mse = await service.refine(_load(service, path, "input"), int(steps))
+        except InputError as exc:
+            raise gr.Error(exc.message) from None
+        return (enlarge(rec, res), enlarge(refined, res),
+                f"Pixel error (mean squared, [-1, 1] units): encoder {mse[0]:.4f}, refined {mse[1]:.4f}")
+
     out_size = max(256, res)
     with gr.Blocks(title="ALAE") as demo:
         gr.Markdown(f"# Adversarial Latent Autoencoder\n"
@@ -116,6 +132,44 @@ def build_ui(service: Service, examples: Examples) -> gr.Blocks:
                 rec_btn = gr.Button("Reconstruct", variant="primary", elem_id="rec-run")
                 gr.Examples([[p] for p in examples.paths], inputs=[rec_in], label="Generated examples")
                 rec_btn.click(reconstruct, rec_in, rec_out, api_name="reconstruct")
+
+            with gr.Tab("Refined reconstruction", id="refine"):
+                gr.Markdown("Starts from the encoder's code w = E(x) and optimises it against the input for the "
+                            "chosen number of steps (pixel loss): sharper than G(E(x)), at the cost of time.")
+                with gr.Row():
+                    ref_in = gr.Image(type="filepath", label="Input", sources=["upload", "clipboard"],
+                                      elem_id="ref-input", height=out_size)
+                    ref_rec = gr.Image(label="Encoder: G(E(x))", format="png", interactive=False,
+                                       elem_id="ref-encoder", height=out_size)
+                    ref_out = gr.Image(label="Refined", format="png", interactive=False, elem_id="ref-output",
+                                       height=out_size)
+                ref_steps = gr.Slider(0, service.limits.max_refine_steps, value=min(50, service.limits.max_refine_steps),
+                                      step=1, label="Optimisation steps", elem_id="ref-steps")
+                ref_btn = gr.Button("Refine", variant="primary", elem_id="ref-run")
+                ref_err = gr.Markdown(elem_id="ref-errors")
+                gr.Examples([[examples.paths[0], 50]], inputs=[ref_in, ref_steps], label="Generated examples")
+                ref_btn.click(refine, [ref_in, ref_steps], [ref_rec, ref_out, ref_err], api_name="refine")
+
+            with gr.Tab("Edit", id="edit"):
+                gr.Markdown("Moves the image's code along one of the model's strongest directions in W, found "
+                            "without labels from G's style weights (SeFa). Direction 0 is the strongest. "
+                            f"Bands for this model: {bands}.")
+                with gr.Row():
+                    edit_in = gr.Image(type="filepath", label="Input", sources=["upload", "clipboard"],
+                                       elem_id="edit-input", height=out_size)
+                    edit_out = gr.Image(label="Edited", format="png", interactive=False, elem_id="edit-output",
+                                        height=out_size)
+                with gr.Row():
+                    edit_dir = gr.Slider(0, service.limits.max_directions - 1, value=0, step=1, label="Direction",
+                                         elem_id="edit-direction")
+                    edit_strength = gr.Slider(-10.0, 10.0, value=3.0, step=0.5, label="Strength",
+                                              elem_id="edit-strength")
+                    edit_layers = gr.Dropdown(["all", *BANDS], value="all", allow_custom_value=True,
+                                              label="Style inputs moved", elem_id="edit-layers")
+                edit_btn = gr.Button("Edit", variant="primary", elem_id="edit-run")
+                gr.Examples([[examples.paths[0], 0, 3.0, "all"]], inputs=[edit_in, edit_dir, edit_strength, edit_layers],
+                            label="Generated examples")
+                edit_btn.click(edit, [edit_in, edit_dir, edit_strength, edit_layers], edit_out, api_name="edit")
 
             with gr.Tab("Style mixing", id="mixing"):
                 gr.Markdown("Each cell is a destination (left column) rendered with the chosen styles of a "

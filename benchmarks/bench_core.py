@@ -10,7 +10,8 @@ measures, in the same process, a plain fp32 eager variant (unfused Adam) and the
 
 ``--compare REV`` measures another commit's core (checked out into a temporary git worktree) and
 this tree's in alternating subprocesses, round after round, and prints the ratio: a before/after
-from one run on one machine.
+from one run on one machine. ``--versus KEY=VALUE`` does the same for this tree without and with
+one more override (e.g. ``train.r1_interval=4``).
 """
 
 from __future__ import annotations
@@ -59,33 +60,39 @@ def measure(cfg, device: str, level: int, batch: int, warmup: int, iters: int) -
 
 
 def compare(args) -> None:
-    """Alternate subprocesses of REV's tree and this one, ``--rounds`` times; print both and the ratio."""
+    """Alternate two variants in subprocesses, ``--rounds`` times; print both and the ratio. The
+    variants: REV's tree against this one (``--compare``), or this tree without and with one more
+    override (``--versus KEY=VALUE``)."""
     repo = Path(__file__).resolve().parents[1]
     tmp = Path(tempfile.mkdtemp(prefix="bench-rev-"))
-    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tmp / "tree"), args.compare],
-                   check=True, capture_output=True)
-    trees = {args.compare: tmp / "tree", "this tree": repo}
     level = args.levels[0] if args.levels else 0
     cmd = [sys.executable, str(Path(__file__).resolve()), "--preset", args.preset, "--device", args.device,
            "--levels", str(level), "--warmup", str(args.warmup), "--iters", str(args.iters), "--variants", "fp32",
            "--json", *(["--batch", str(args.batch)] if args.batch else []), *sum((["--set", s] for s in args.set), [])]
-    times: dict[str, list[float]] = {name: [] for name in trees}
+    if args.compare:
+        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tmp / "tree"), args.compare],
+                       check=True, capture_output=True)
+        variants = {args.compare: (tmp / "tree", cmd), "this tree": (repo, cmd)}
+    else:
+        variants = {"base": (repo, cmd), args.versus: (repo, cmd + ["--set", args.versus])}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     try:
         for r in range(args.rounds):
-            for name, tree in trees.items():
+            for name, (tree, command) in variants.items():
                 env = {**os.environ, "PYTHONPATH": str(tree)}  # that tree's alae_ray first
-                out = subprocess.run(cmd, env=env, cwd=tree, check=True, capture_output=True, text=True).stdout
+                out = subprocess.run(command, env=env, cwd=tree, check=True, capture_output=True, text=True).stdout
                 row = json.loads(out.strip().splitlines()[-1])[0]
                 assert row["source"].startswith(str(tree)), f"measured {row['source']}, not {tree}"
-                ms = row["ms_per_iter"]
-                times[name].append(ms)
-                print(f"round {r + 1}: {name:>10}  {ms:9.1f} ms/iter", flush=True)
+                times[name].append(row["ms_per_iter"])
+                print(f"round {r + 1}: {name:>24}  {row['ms_per_iter']:9.1f} ms/iter", flush=True)
     finally:
-        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tmp / "tree")], capture_output=True)
+        if args.compare:
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tmp / "tree")],
+                           capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
     (old, a), (new, b) = times.items()
     print(f"# {args.preset} level {level}: {old} {min(a):.1f}-{max(a):.1f} ms/iter, {new} {min(b):.1f}-{max(b):.1f}; "
-          f"median {old}/{new} = {sorted(a)[len(a) // 2] / sorted(b)[len(b) // 2]:.2f}x (>1: this tree faster)")
+          f"median {old}/{new} = {sorted(a)[len(a) // 2] / sorted(b)[len(b) // 2]:.2f}x (>1: {new} faster)")
 
 
 def main() -> None:
@@ -100,9 +107,10 @@ def main() -> None:
     ap.add_argument("--variants", default=None, help="comma list of fp32,fast (default: both on CUDA, fp32 on CPU)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--compare", metavar="REV", help="also measure git revision REV, alternating (see above)")
+    ap.add_argument("--versus", metavar="KEY=VALUE", help="also measure this tree with one more override, alternating")
     ap.add_argument("--rounds", type=int, default=3, help="with --compare: alternations")
     args = ap.parse_args()
-    if args.compare:
+    if args.compare or args.versus:
         return compare(args)
 
     base = load_config(args.preset, args.set)

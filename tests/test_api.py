@@ -158,3 +158,57 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_edit_directions(small):
+    model, io = small
+    d = model.directions(5)
+    assert d.shape == (5, 32) and torch.allclose(d @ d.T, torch.eye(5), atol=1e-5)  # orthonormal
+    assert torch.equal(model.directions(5), d)  # computed once
+    w = model.encode(io["E.x"][:2])
+    same = model.edit(w, 0, 0.0)
+    assert close(same, model.decode(w))
+    moved = model.edit(w, 0, [-3.0, 0.0, 3.0])  # [2 x 3 strengths]
+    assert moved.shape == (6, 3, 32, 32) and close(moved[1], same[0]) and close(moved[4], same[1])
+    assert not torch.allclose(moved[0], moved[2], atol=1e-3)
+    coarse = model.edit(w, 1, 3.0, layers="coarse")  # only the 4x4 style inputs move
+    assert not torch.allclose(coarse, same, atol=1e-3)
+
+
+def test_refine_lowers_the_reconstruction_error(small):
+    model, io = small
+    x = io["E.x"][:2]
+    losses = []
+    w, refined = model.refine(x, steps=20, lr=0.02, progress=lambda step, loss: losses.append((step, loss)))
+    encoder = model.reconstruct(x)
+    assert w.shape == (2, 32) and [s for s, _ in losses] == list(range(1, 21))
+    assert (refined - x).pow(2).mean() < (encoder - x).pow(2).mean()  # sharper than the encoder's
+    assert losses[-1][1] < losses[0][1]
+    w_layers, _ = model.refine(x, steps=2, per_layer=True)
+    assert w_layers.shape == (2, 8, 32)
+    with pytest.raises(ValueError, match="between 0 and 1000"):
+        model.refine(x, steps=5000)
+
+
+def test_export_keeps_what_inference_needs(tmp_path, train_checkpoint, capsys):
+    from alae_ray.cli import main
+    from alae_ray.core.checkpoint import read_checkpoint
+
+    run = tmp_path / "run"
+    train_checkpoint(run / "checkpoint_1", kimg=0.064)
+    assert main(["export", str(run), "--out", str(tmp_path / "small")]) == 0
+    assert "the EMA networks and the w average" in capsys.readouterr().out
+    _, tensors, progress = read_checkpoint(tmp_path / "small")
+    assert tensors and all(k.startswith("ema.") for k in tensors) and progress["inference_only"]
+    full = (run / "checkpoint_1" / "state.safetensors").stat().st_size
+    assert (tmp_path / "small" / "state.safetensors").stat().st_size < full / 2
+    a, b = alae_ray.load(run, device="cpu"), alae_ray.load(tmp_path / "small", device="cpu")
+    z = torch.randn(2, 64)
+    assert torch.equal(a.generate(z=z), b.generate(z=z))
+    assert main(["export", str(run), "--out", str(tmp_path / "small")]) == 2  # exists: refused
+    from alae_ray.core.config import load_config
+    from alae_ray.core.phases import ALAEPhases
+
+    ph = ALAEPhases(load_config("tiny"))  # training can start from it (train --init)
+    ph.load(*read_checkpoint(tmp_path / "small")[1:])
+    assert all(torch.equal(p, q) for p, q in zip(ph.model.parameters(), ph.ema.parameters()))

@@ -37,8 +37,43 @@ def test_cluster_yaml_validates_offline():
     types = prepared["available_node_types"]
     assert {"head", "gpu_1x", "gpu_8x"} <= set(types)
     assert types["gpu_1x"]["min_workers"] == 0 and types["gpu_8x"]["max_workers"] >= 1  # autoscaled
-    assert all(t["node_config"]["IamInstanceProfile"] for t in types.values())  # S3 via instance profile
-    assert any("pip install -e ." in c for c in prepared["setup_commands"])
+    # the head schedules and serves but runs no training, data or trial work
+    assert types["head"]["resources"] == {"CPU": 0}
+    assert any("--num-cpus=0" in c for c in prepared["head_start_ray_commands"])
+    # two roles: the head keeps the autoscaler's rights, the workers get S3
+    profiles = {name: t["node_config"]["IamInstanceProfile"]["Name"] for name, t in types.items()}
+    assert profiles == {"head": "alae-ray-head", "gpu_1x": "alae-ray-worker", "gpu_8x": "alae-ray-worker"}
+    # a pinned Ray 2.60 image for Python 3.11, the project installed into it
+    docker = prepared["docker"]
+    assert docker["head_image"].startswith("rayproject/ray:2.60.0-py311") and "gpu" in docker["worker_image"]
+    assert any("pip install -e ~/alae-ray" in c for c in prepared["setup_commands"])
+    # multi-node NCCL over EFA on the 8-GPU nodes
+    p4d = types["gpu_8x"]
+    assert [i["InterfaceType"] for i in p4d["node_config"]["NetworkInterfaces"]] == ["efa"] * 4
+    assert "-e FI_PROVIDER=efa" in p4d["docker"]["worker_run_options"]
+
+
+def test_every_file_the_cluster_setup_refers_to_exists():
+    import json
+    import re
+
+    cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    commands = [*cfg.get("setup_commands", []), *cfg.get("head_start_ray_commands", [])]
+    for t in cfg["available_node_types"].values():
+        commands += t.get("worker_setup_commands", [])
+    mounted = {remote: ROOT / local for remote, local in cfg["file_mounts"].items()}
+    referred = set()
+    for command in commands:
+        for remote, rel in re.findall(r"(~/alae-ray)/?([\w./-]*)", command):
+            referred.add(mounted[remote] / rel)
+    assert referred and all(path.exists() for path in referred), referred
+    for name in ("submit_train.sh", "submit_tune.sh", "cluster_token.sh", "install_efa.sh", "iam/create.sh"):
+        assert os.access(ROOT / "deploy" / name, os.X_OK), name
+    policies = {w: json.loads((ROOT / "deploy" / "iam" / f"{w}-policy.json").read_text()) for w in ("head", "worker")}
+    actions = {w: {a for st in p["Statement"] for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+               for w, p in policies.items()}
+    assert {"ec2:RunInstances", "ec2:TerminateInstances", "iam:PassRole"} <= actions["head"]
+    assert all(a.startswith("s3:") for a in actions["worker"])
 
 
 @pytest.mark.parametrize("breakage", ["bad_type", "unknown_head", "unknown_key"])

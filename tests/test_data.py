@@ -328,3 +328,23 @@ def test_shapes_dataset_stores_factors(tmp_path):
     assert np.array_equal(d["label"], d["shape"])
     assert np.array_equal(d["image"], synthetic.generate(d["id"], 16, seed=2)[0])
     _assert_levels_consistent(m, "test")
+
+
+def test_first_rows_read_only_the_shards_they_are_in(tmp_path, monkeypatch):
+    """A fixed sample batch from a 1024x1024 level must not read the whole split (tens of GB)."""
+    from alae_ray.data import reader
+    from alae_ray.data.sources import shapes_source
+
+    uri = str(tmp_path / "shapes")
+    prepare(shapes_source(300, 8, seed=0), uri, PrepareOptions(progress=False, shard_rows=64))
+    m = open_dataset(uri)
+    assert len(m.shards_for(8, "train")) > 2
+    read = []
+    original = reader._read_shard
+    monkeypatch.setattr(reader, "_read_shard", lambda loc, man, shard: read.append(shard.path) or original(loc, man, shard))
+    first = reader.read_first_rows(m, 8, "train", 8)
+    assert first["image"].shape == (8, 3, 8, 8) and len(read) == 1
+    assert np.array_equal(first["image"], reader.read_level_numpy(m, 8, "train")["image"][:8])
+    read.clear()
+    rows = m.shards_for(8, "train")[0].rows
+    assert len(reader.read_first_rows(m, 8, "train", rows + 1)["image"]) == rows + 1 and len(read) == 2

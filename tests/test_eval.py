@@ -215,6 +215,32 @@ def test_local_weight_files_and_missing_ones(torch_home, monkeypatch):
         load_inception(weights=torch_home / "nope.pth")
 
 
+@pytest.mark.parametrize("kind", ["inception", "vgg", "lpips"])
+def test_weights_that_cannot_be_downloaded_are_one_clear_error(kind, tmp_path, monkeypatch):
+    import pytorch_fid.inception
+
+    from alae_ray.eval import networks
+
+    refused = "http://127.0.0.1:9/weights.pth"  # the discard port: nothing listens, the connection is refused
+    monkeypatch.setattr(pytorch_fid.inception, "FID_WEIGHTS_URL", refused)
+    monkeypatch.setattr(networks, "VGG16_URL", refused)
+    monkeypatch.setattr(networks, "LPIPS_URL", refused)
+    monkeypatch.setattr(networks, "_shipped_lpips_weights", lambda: None)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    for var in ("ALAE_RAY_INCEPTION_WEIGHTS", "ALAE_RAY_VGG_WEIGHTS", "ALAE_RAY_LPIPS_WEIGHTS"):
+        monkeypatch.delenv(var, raising=False)
+    load = {"inception": networks.load_inception, "vgg": networks.load_lpips,
+            "lpips": lambda: networks.resolve_weight_file("lpips")}[kind]
+    with pytest.raises(networks.WeightsUnavailable) as info:
+        load()
+    message = str(info.value)
+    option = {"inception": "--inception-weights", "vgg": "--vgg-weights", "lpips": "--lpips-weights"}[kind]
+    name = {"inception": networks.INCEPTION_FILE, "vgg": networks.VGG16_FILE, "lpips": networks.LPIPS_FILE}[kind]
+    assert "\n" not in message and name in message and str(tmp_path / "hub" / "checkpoints") in message
+    assert refused in message and option in message
+    assert not list((tmp_path / "hub" / "checkpoints").iterdir())  # nothing half-written in the cache
+
+
 # --- real images ----------------------------------------------------------------------------------------
 
 
@@ -393,3 +419,29 @@ def test_mnist_figures(mnist_dir, tmp_path):
     from alae_ray.data.idx import load_mnist
 
     assert np.abs(top.astype(int) - load_mnist(mnist_dir)[0][0].astype(int)).max() <= 1
+
+
+def test_mnist_report_applies_the_pre_stated_rule(tmp_path):
+    from alae_ray.eval.mnist_report import report
+
+    def write(name, alae_svm, ae_svm):
+        rows = []
+        for method, svm in (("alae", alae_svm), ("ae_l2", ae_svm)):
+            for feats in ("short", "long"):
+                rows.append({"metric": f"mnist/{method}/{feats}/1nn/same_writers", "trials": [0.95] * 5})
+                for c in ("svm_c0.02", "svm_c0.1"):
+                    rows.append({"metric": f"mnist/{method}/{feats}/{c}/same_writers", "trials": svm})
+        rows.append({"metric": "mnist/pixels/raw/1nn/same_writers", "trials": [0.9] * 5})
+        path = tmp_path / name
+        path.write_text(json.dumps({"results": rows}))
+        return str(path)
+
+    # ALAE loses 1 point, AE 5 points, in every split: d = 4 > 0 five times, for both seeds
+    good = [write(f"s{i}.json", [0.94] * 5, [0.90] * 5) for i in range(2)]
+    text = report(good)
+    assert "Decision (pre-stated rule, both seeds): **supported**" in text
+    assert "| **primary**: same writers, short, C=0.02 | 0 | 1.00 ± 0.00 | 5.00 ± 0.00 | 4.00 ± 0.00 | 5 / 5 |" in text
+    # one seed with d > 0 in only 3 of 5 splits: inconclusive
+    mixed = write("m.json", [0.94, 0.94, 0.94, 0.89, 0.89], [0.90] * 5)
+    assert "**inconclusive**" in report([good[0], mixed])
+    assert "**contradicted**" in report([write(f"c{i}.json", [0.90] * 5, [0.94] * 5) for i in range(2)])

@@ -145,8 +145,29 @@ def test_same_global_batch_latents_across_world_sizes():
 def test_non_finite_loss_names_phase_and_iteration(phases):
     stage = stage_at(TINY, 0.0)
     x = torch.full((32, 3, 4, 4), float("nan"))
-    with pytest.raises(NonFiniteLossError, match=r"discriminator phase at iteration 0"):
-        phases.discriminator_phase(x, stage)
+    phases.discriminator_phase(x, stage)  # no waiting for the device inside an iteration...
+    with pytest.raises(NonFiniteLossError, match=r"loss_d in the discriminator phase at iteration 0"):
+        phases.check_finite()  # ...the flag, kept on the device, is read at the next tick
+    phases.iteration = 5
+    phases.discriminator_phase(x, stage)
+    with pytest.raises(NonFiniteLossError, match=r"at iteration 0 \(seen at iteration 5"):  # the first one
+        phases.check_finite()
+
+
+def test_the_loop_stops_at_the_tick_after_a_non_finite_loss():
+    cfg = load_config("tiny", ["schedule.batch={4: 8}"])
+    ph = ALAEPhases(cfg)
+    calls = []
+
+    def batches(stage, n):  # the second batch is NaN
+        calls.append(n)
+        x = reals(n, 4)
+        return x * float("nan") if len(calls) == 2 else x
+
+    ticks = []
+    with pytest.raises(NonFiniteLossError, match="discriminator phase at iteration 1"):
+        train(ph, batches, max_kimg=0.064, tick_kimg=0.032, on_tick=ticks.append)
+    assert ticks == [] and len(calls) == 4  # found at the first tick (4 x 8 images): nothing reported
 
 
 def test_exact_resume_through_checkpoint(tmp_path):

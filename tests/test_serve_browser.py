@@ -102,3 +102,29 @@ def test_browser_reconstruct_and_mix(ui_server, shared_data, tmp_path):
     if artifacts.is_dir():
         for p in (tmp_path / "reconstruction.png", shot):
             shutil.copy(p, artifacts / f"serve_{p.name}")
+
+
+def test_every_ui_function_through_gradio_client(ui_server, shared_data, tmp_path):
+    """Gradio's own Python client calls each UI function by its API name, through Serve."""
+    import numpy as np
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    faces = [handle_file(str(p)) for p in sorted((shared_data / "faces128").glob("*.png"))[:4]]
+    client = Client(f"{ui_server}/ui/", verbose=False, download_files=str(tmp_path))
+
+    def image(path) -> np.ndarray:
+        return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+    rec = image(client.predict(faces[0], api_name="/reconstruct"))
+    assert rec.shape == (256, 256, 3)  # 32x32, enlarged for display
+    encoder, refined, errors = client.predict(faces[0], 20, api_name="/refine")
+    assert np.abs(image(encoder) - rec).max() <= 1 and image(refined).shape == (256, 256, 3)
+    assert "encoder" in errors and "refined" in errors
+    unmoved = image(client.predict(faces[0], 0, 0.0, "all", api_name="/edit"))
+    moved = image(client.predict(faces[0], 0, 8.0, "all", api_name="/edit"))
+    assert np.abs(unmoved - rec).max() <= 1 and np.abs(moved - rec).max() > 8
+    grid = image(client.predict([faces[1], faces[2]], [faces[3]], "middle", api_name="/mix"))
+    assert grid.shape == (2 * 256, 3 * 256, 3)
+    assert image(client.predict(3, 0.7, api_name="/generate")).shape == (256, 256, 3)
+    assert image(client.predict(faces[0], faces[1], 4, api_name="/interpolate")).shape == (128, 4 * 128, 3)

@@ -204,6 +204,70 @@ def test_interpolate(server, faces):
     assert np.abs(frames[:, -RES:].astype(int) - rec.astype(int)).max() <= 1  # the path ends at b
 
 
+def test_edit_directions_are_orthonormal_and_move_the_image(server, faces):
+    body = requests.get(f"{server}/api/directions", timeout=60).json()
+    d = np.asarray(body["directions"])
+    assert body["count"] == 10 and d.shape == (10, 64)
+    assert np.allclose(d @ d.T, np.eye(10), atol=1e-5)  # orthonormal
+    form = {"direction": "0", "strength": "0"}
+    still = requests.post(f"{server}/api/edit", files={"image": ("f.png", faces[0])}, data=form, timeout=60)
+    rec = requests.post(f"{server}/api/reconstruct?format=png", files={"image": ("f.png", faces[0])}, timeout=60)
+    assert still.status_code == 200 and still.headers["X-Direction"] == "0"
+    assert np.abs(png_array(still.content).astype(int) - png_array(rec.content).astype(int)).max() <= 1
+    moved = {}
+    for k, layers in ((0, ""), (1, ""), (0, "coarse")):
+        r = requests.post(f"{server}/api/edit", files={"image": ("f.png", faces[0])},
+                          data={"direction": str(k), "strength": "8", "layers": layers}, timeout=60)
+        assert r.status_code == 200, r.text
+        moved[k, layers] = png_array(r.content).astype(int)
+        assert np.abs(moved[k, layers] - png_array(rec.content).astype(int)).max() > 8  # the image changed
+    assert not np.array_equal(moved[0, ""], moved[1, ""]) and not np.array_equal(moved[0, ""], moved[0, "coarse"])
+    # the same edit of the code itself (JSON) gives the same image
+    w = encode(server, faces[0]).tolist()
+    by_code = requests.post(f"{server}/api/edit", json={"w": w, "direction": 0, "strength": 8}, timeout=60)
+    assert by_code.status_code == 200
+    assert np.abs(png_array(by_code.content).astype(int) - moved[0, ""]).max() <= 1
+
+
+def test_refinement_lowers_the_pixel_error_on_real_faces(server, faces):
+    for face in faces[:2]:
+        r = requests.post(f"{server}/api/refine", files={"image": ("f.png", face)}, data={"steps": "40"}, timeout=300)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["steps"] == 40 and body["mse_refined"] < body["mse_encoder"], body
+        encoder = png_array(base64.b64decode(body["encoder_png_base64"]))
+        rec = png_array(requests.post(f"{server}/api/reconstruct?format=png", files={"image": ("f.png", face)},
+                                      timeout=60).content)
+        assert np.abs(encoder.astype(int) - rec.astype(int)).max() <= 1  # the left one is G(E(x))
+        assert png_array(base64.b64decode(body["refined_png_base64"])).shape == (RES, RES, 3)
+    zero = requests.post(f"{server}/api/refine?format=png", files={"image": ("f.png", faces[0])}, data={"steps": "0"},
+                         timeout=60)
+    both = png_array(zero.content)
+    assert both.shape == (RES, 2 * RES, 3) and np.array_equal(both[:, :RES], both[:, RES:])  # no step: no change
+
+
+@pytest.mark.parametrize("path,data", [
+    ("/api/refine", {"steps": "201"}), ("/api/refine", {"steps": "-1"}), ("/api/refine", {"steps": "abc"}),
+    ("/api/edit", {"direction": "10", "strength": "1"}), ("/api/edit", {"direction": "-1", "strength": "1"}),
+    ("/api/edit", {"direction": "x", "strength": "1"}), ("/api/edit", {"direction": "0", "strength": "nan"}),
+    ("/api/edit", {"direction": "0", "strength": "inf"}), ("/api/edit", {"direction": "0", "strength": "100"}),
+    ("/api/edit", {"direction": "0"}), ("/api/edit", {"direction": "0", "strength": "1", "layers": "9:12"}),
+])
+def test_bad_edit_and_refine_values(server, faces, path, data):
+    r = requests.post(f"{server}{path}", files={"image": ("f.png", faces[0])}, data=data, timeout=60)
+    assert_clean_error(r, 422)
+    assert_alive(server)
+
+
+def test_bad_edit_codes(server):
+    w = [0.1] * 64
+    for body in ({"direction": 0, "strength": 1}, {"w": w[:3], "direction": 0, "strength": 1},
+                 {"w": w, "direction": 0, "strength": True}, {"w": w, "direction": 1.5, "strength": 1}):
+        assert_clean_error(requests.post(f"{server}/api/edit", json=body, timeout=60), 422)
+    assert_clean_error(requests.post(f"{server}/api/edit", data={"direction": "0", "strength": "1"}, timeout=60), 400)
+    assert_alive(server)
+
+
 # --- accepted odd images ---------------------------------------------------------------------------
 
 
@@ -384,6 +448,33 @@ def test_checkpoint_from_s3(server, checkpoints, faces):
         assert np.allclose(np.asarray(r.json()["w"]), encode(server, faces[2]), atol=1e-4)
     finally:
         serve.delete("s3")
+
+
+def test_an_imported_authors_checkpoint_is_served_as_the_python_api_computes_it(server, shared_data, faces, tmp_path):
+    from ray import serve
+
+    import alae_ray
+    from alae_ray.cli import main
+    from alae_ray.serve.app import ServeArgs, build_app
+    from alae_ray.serve.inputs import decode_image
+
+    ref = shared_data / "authors-reference"
+    ckpt = tmp_path / "fused_style"  # the authors' own checkpointer wrote it: 128x128, fused blocks
+    assert main(["import-authors", str(ref / "fused_style.pth"), "--out", str(ckpt),
+                 "--config", str(ref / "fused_style.yaml")]) == 0
+    model = alae_ray.load(ckpt, device="cpu")
+    try:
+        serve.run(build_app(ServeArgs(checkpoint=str(ckpt), ui=False)), name="authors", route_prefix="/authors")
+        info = requests.get(f"{server}/authors/api/info", timeout=30).json()
+        assert info["resolution"] == 128 and info["latent_size"] == 8 and info["checkpoint"] == "fused_style"
+        for face in faces[:2]:
+            r = requests.post(f"{server}/authors/api/reconstruct?format=png", files={"image": ("f.png", face)},
+                              timeout=120)
+            assert r.status_code == 200, r.text
+            expected = model.to_uint8(model.reconstruct(decode_image(face, 128)[None]))[0]
+            assert np.abs(png_array(r.content).astype(int) - expected.astype(int)).max() <= 1
+    finally:
+        serve.delete("authors")
 
 
 def test_mismatched_checkpoint_fails_at_startup_naming_it(server, checkpoints):

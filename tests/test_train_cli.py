@@ -48,3 +48,55 @@ def test_bad_arguments_fail_cleanly(tmp_path):
     assert out.returncode == 2 and "nope" in out.stderr and "Traceback" not in out.stderr
     out = alae_ray("train", "--workers", "3", cwd=tmp_path, env=env)  # 32 is not divisible by 3
     assert out.returncode == 2 and "divisible" in out.stderr
+
+
+def test_more_than_the_machine_is_refused_at_once(tmp_path):
+    env = {**os.environ, "ALAE_RAY_CACHE": str(tmp_path / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    cpus = os.cpu_count()
+    out = alae_ray("train", "--workers", "2", "--cpus-per-worker", str(cpus), cwd=tmp_path, env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"= {2 * cpus + 1} CPUs: {2 * cpus + 1} CPUs but the cluster has {cpus}" in out.stderr
+
+
+STALL = """
+import sys, ray
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+@ray.remote(num_cpus=1)
+class Hold:  # another job's actor holding one of the two CPUs
+    def ping(self):
+        return 1
+
+hold = Hold.remote()
+ray.get(hold.ping.remote())
+from alae_ray.train.run import TrainOptions, run
+from alae_ray.train.watchdog import StallError
+
+try:
+    run(TrainOptions(data=sys.argv[1], storage=sys.argv[2], max_kimg=0.064, stall_timeout_s=20, console=False))
+except StallError as exc:
+    print(f"STALLED: {exc}", flush=True)
+    sys.exit(3)
+"""
+
+
+def test_a_starved_run_stops_and_says_what_it_waited_for(tmp_path):
+    """The one free CPU goes to the Train worker, none is left for Ray Data's reading: the run must end
+    with a message, not wait for ever."""
+    import time
+
+    from alae_ray.data import PrepareOptions, prepare
+    from alae_ray.data.sources import shapes_source
+
+    prepare(shapes_source(200, 32, seed=0), str(tmp_path / "data"), PrepareOptions(progress=False))
+    env = {**os.environ}
+    env.pop("RAY_ADDRESS", None)
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", STALL, str(tmp_path / "data"), str(tmp_path / "runs")], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 3, out.stderr[-3000:]
+    message = out.stdout[out.stdout.index("STALLED: "):]
+    assert "no progress for" in message and "limit 20 s" in message
+    assert "the first batch of epoch 0 of the 4px data" in message and "0 of 2 CPUs free" in message
+    assert time.monotonic() - t0 < 300

@@ -150,7 +150,7 @@ def tiny_model():
 
 
 def test_recon_objective_finite_and_non_finite():
-    from alae_ray.tune.objective import DIVERGED, fixed_latents, recon_objective
+    from alae_ray.train.objective import DIVERGED, fixed_latents, recon_objective
 
     model = tiny_model()
     x = torch.rand(8, 3, 8, 8) * 2 - 1
@@ -167,7 +167,7 @@ def test_recon_objective_finite_and_non_finite():
 
 
 def test_fid_objective_with_a_stand_in_feature_network():
-    from alae_ray.tune.objective import fid_objective, fixed_latents, real_statistics
+    from alae_ray.train.objective import fid_objective, fixed_latents, real_statistics
 
     model = tiny_model()
     proj = torch.randn(3 * 8 * 8, 16, generator=torch.Generator().manual_seed(0))
@@ -227,16 +227,23 @@ def test_exports_table_and_best_preset(tmp_path):
 
 
 def test_sanitize():
-    from alae_ray.tune.objective import DIVERGED, sanitize
+    from alae_ray.train.objective import DIVERGED, sanitize
 
     assert sanitize(1.5) == 1.5 and sanitize(math.nan) == DIVERGED and sanitize(math.inf) == DIVERGED
 
 
-def test_data_starvation_warning_when_trials_take_every_cpu():
-    from alae_ray.tune.runner import data_starvation_warning
+def test_concurrency_fits_the_cluster():
+    from alae_ray.train.watchdog import PreflightError
+    from alae_ray.tune.runner import fit_concurrency
 
     plan = plan_sweep(parse_sweep({**BASE, "search": {"max_concurrent_trials": 2},
                                    "trial": {"kimg": 0.256, "workers": 2, "cpus_per_worker": 1}}, "s.yaml"))
-    assert data_starvation_warning(plan, 6.02) is None  # 2 x (2 workers + 1 data CPU + the trial's 0.01)
-    warning = data_starvation_warning(plan, 4.0)
-    assert "max_concurrent_trials" in warning and "6.02 CPUs" in warning and "has 4" in warning
+    assert fit_concurrency(plan, 6.02, 0, strict=True) == (2, None)  # 2 x (2 workers + 1 data CPU + 0.01)
+    n, warning = fit_concurrency(plan, 4.0, 0, strict=True)
+    assert n == 1 and "3.01 CPUs" in warning and "running 1 trial(s) at a time" in warning
+    with pytest.raises(PreflightError, match="not even one trial fits"):
+        fit_concurrency(plan, 2.0, 0, strict=True)
+    n, warning = fit_concurrency(plan, 2.0, 0, strict=False)  # a cluster that may grow: wait, bounded
+    assert n == 2 and "scale up" in warning
+    readme = plan_sweep(load_sweep(str(REPO / "tuning" / "tiny_r1_lr.yaml")))
+    assert fit_concurrency(readme, 2.0, 0, strict=True)[0] == 1  # the README's sweep runs on 2 CPUs

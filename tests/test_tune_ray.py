@@ -195,3 +195,24 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, 
     for t, text in finished.items():  # not rerun: their Train runs did not report again
         assert (exp / "trials" / t / "artifacts" / "metrics.jsonl").read_text() == text
     assert (exp / "results.csv").read_text().count("completed") == 3
+
+
+def test_the_readme_sweep_runs_on_this_machine(shapes32, tmp_path):
+    """The README's `alae-ray tune --sweep tuning/tiny_r1_lr.yaml`, shortened, on a Ray of its own with
+    the machine's CPUs: it finishes (on 2 CPUs one trial at a time, saying so) instead of waiting."""
+    data = yaml.safe_load((REPO / "tuning" / "tiny_r1_lr.yaml").read_text())
+    data["search"]["num_samples"] = 2
+    data["trial"]["kimg"] = 0.256
+    data["objective"].update(every_kimg=0.128, held_out=16)
+    data["scheduler"]["grace_kimg"] = 0.128
+    path = tmp_path / "readme.yaml"
+    path.write_text(yaml.safe_dump(data))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-m", "alae_ray.cli", "tune", "--sweep", str(path), "--storage",
+                          str(tmp_path / "tune"), "--data", shapes32, "--quiet"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = (tmp_path / "tune" / "tiny_r1_lr" / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 2
+    if os.cpu_count() < 4:
+        assert "running 1 trial(s) at a time instead of search.max_concurrent_trials = 2" in out.stderr

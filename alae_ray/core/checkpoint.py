@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import Config, ConfigError, from_dict
@@ -70,7 +71,10 @@ def write_checkpoint(directory: str | Path, cfg: Config, tensors: dict[str, torc
     return Path(directory)
 
 
-def read_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Config, dict[str, torch.Tensor], dict]:
+def read_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
+                    prefixes: tuple[str, ...] | None = None) -> tuple[Config, dict[str, torch.Tensor], dict]:
+    """(config, tensors, progress); ``prefixes`` reads only the tensors whose names start so (the
+    file is read lazily: an inference model does not load optimizer moments)."""
     directory = Path(directory)
     for name in (STATE_FILE, CONFIG_FILE, PROGRESS_FILE):
         if not (directory / name).is_file():
@@ -80,7 +84,11 @@ def read_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     except (json.JSONDecodeError, ConfigError) as exc:
         raise CheckpointError(f"checkpoint {str(directory)!r}: bad {CONFIG_FILE}: {exc}") from None
     try:
-        tensors = load_file(str(directory / STATE_FILE), device=str(device))
+        if prefixes is None:
+            tensors = load_file(str(directory / STATE_FILE), device=str(device))
+        else:
+            with safe_open(str(directory / STATE_FILE), "pt", device=str(device)) as f:
+                tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)}
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"checkpoint {str(directory)!r}: unreadable {STATE_FILE}: {exc}") from None
     progress = json.loads((directory / PROGRESS_FILE).read_text())
@@ -88,10 +96,13 @@ def read_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
 
 
 def load_model(directory: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> tuple[ALAE, Config, dict]:
-    """An inference model (the EMA copy by default) from a checkpoint directory."""
-    cfg, tensors, progress = read_checkpoint(directory, device)
-    prefix = "ema." if ema and any(k.startswith("ema.") for k in tensors) else "model."
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    """An inference model (the EMA copy by default) from a checkpoint directory; only its tensors are read."""
+    prefix = "ema." if ema else "model."
+    cfg, tensors, progress = read_checkpoint(directory, device, prefixes=(prefix,))
+    if not tensors and ema:  # a checkpoint without an EMA copy
+        prefix = "model."
+        cfg, tensors, progress = read_checkpoint(directory, device, prefixes=(prefix,))
+    state = {k[len(prefix):]: v for k, v in tensors.items()}
     model = ALAE(cfg.model)
     try:
         model.load_state_dict(state)

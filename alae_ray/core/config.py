@@ -63,6 +63,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     r1_gamma: float = 10.0  # Weight of the R1 penalty on reals (the loss uses gamma / 2).
+    r1_interval: int = 1  # Lazy R1: every this-many iterations, gamma scaled by it (authors: every one).
+    batch_gpu: int = 0  # Per-worker micro-batch, gradients accumulated over the rest (0: all at once).
     adam_beta1: float = 0.0  # Adam beta1 (paper: 0).
     adam_beta2: float = 0.99  # Adam beta2 (paper: 0.99).
     style_mixing_prob: float = 0.9  # Probability of mixing two w at a random crossover layer.
@@ -184,6 +186,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.style_mixing_prob must be in [0, 1], got {t.style_mixing_prob}")
     if t.r1_gamma < 0 or t.ema_kimg < 0:
         raise ConfigError("train.r1_gamma and train.ema_kimg must be >= 0")
+    if t.r1_interval < 1 or t.batch_gpu < 0:
+        raise ConfigError(f"train.r1_interval must be >= 1 (got {t.r1_interval}) and train.batch_gpu >= 0 "
+                          f"(got {t.batch_gpu})")
     return cfg
 
 

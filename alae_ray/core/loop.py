@@ -2,7 +2,9 @@
 
 ``train`` asks the schedule where it is, draws this worker's slice of the global batch from a
 ``batches(stage, n)`` callable, runs one ALAE iteration, and every ``tick_kimg`` hands a ``Tick`` to
-``on_tick`` (reporting, samples, checkpoints). Nothing here knows about Ray or files.
+``on_tick`` (reporting, samples, checkpoints). Losses stay on the device between ticks; a loss that
+became NaN or inf stops the run at the next tick (``NonFiniteLossError`` naming phase and iteration),
+before anything is saved. Nothing here knows about Ray or files.
 """
 
 from __future__ import annotations
@@ -95,17 +97,18 @@ def train(phases: ALAEPhases, batches: Callable[[Stage, int], torch.Tensor], *, 
         stage = stage_at(cfg, phases.kimg)
         x = batches(stage, per_worker_batch(stage.batch, phases.shard.world_size))
         losses = phases.step(x, stage)
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v
+        for k, v in losses.items():  # device tensors: summed there, read once per tick
+            sums[k] = sums[k] + v if k in sums else v
         count += 1
         done = phases.images_seen >= stop
+        if done or (on_tick is not None and phases.images_seen - tick_start >= every):
+            phases.check_finite()  # before anything is reported or saved
         if on_tick is not None and (phases.images_seen - tick_start >= every or done):
-            if phases.device.type == "cuda":
-                torch.cuda.synchronize(phases.device)
+            means = {k: float(v) / count for k, v in sums.items()}  # waits for the device
             elapsed = time.perf_counter() - tick_start_time
             kimg = (phases.images_seen - tick_start) / 1000.0
             on_tick(Tick(stage=stage, images_seen=phases.images_seen, kimg=phases.kimg, iteration=phases.iteration,
-                         losses={k: v / count for k, v in sums.items()},
+                         losses=means,
                          sec_per_kimg=elapsed / kimg, images_per_sec=kimg * 1000.0 / elapsed,
                          level_changed=stage.level != last_level))
             sums, count = {}, 0

@@ -3,9 +3,11 @@
 One iteration = ``discriminator_phase`` (E, D), ``generator_phase`` (F, G), ``latent_phase`` (E, G and
 F, as the authors' code), each with a fresh z ~ N(0, I), each returning a dict of float losses.
 
-Distributed training: every worker holds the full model and a slice of the global batch. z and the
-style-mixing draws come from a generator shared by all workers, sampled for the *global* batch and
-sliced per rank, so one worker and N workers with the same global batch see the same latents.
+Distributed training: every worker holds the full model and a slice of the global batch, processed
+in micro-batches of ``train.batch_gpu`` with gradient accumulation. z and the style-mixing draws come
+from generators shared by all workers, sampled for the *global* batch and sliced per rank and
+micro-batch, so any number of workers and any micro-batch size see the same latents and compute
+the same gradients (the StyleGAN3 scheme).
 Gradients are averaged across workers explicitly after each backward (as StyleGAN3 does) instead of
 through DDP's reducer: three phases freeze different networks, R1 needs a double backward, and
 progressive growing leaves blocks unused, all of which DDP handles badly.
@@ -24,7 +26,7 @@ from . import losses
 from .config import Config
 from .layers import downsample2x, upsample2x
 from .model import ALAE
-from .schedule import Stage
+from .schedule import Stage, micro_batch
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -51,6 +53,19 @@ def ema_beta(batch: int, ema_kimg: float) -> float:
     return 0.5 ** (batch / (ema_kimg * 1000.0)) if ema_kimg > 0 else 0.0
 
 
+PHASES = ("discriminator", "generator", "latent")
+LOSS_NAMES = ("loss_d", "loss_g", "loss_lae")
+
+
+@dataclass
+class Draws:
+    """One phase's latent draws, for this worker's part of the global batch."""
+
+    z: torch.Tensor  # [n, L]
+    z2: torch.Tensor | None = None  # [n, L]: the second code of style mixing
+    crossover: int | None = None  # style inputs < crossover from z, the rest from z2; None: no mixing
+
+
 class ALAEPhases:
     def __init__(self, cfg: Config, device: torch.device | str = "cpu", shard: Shard = Shard()):
         self.cfg = cfg
@@ -69,12 +84,17 @@ class ALAEPhases:
                     betas=(t.adam_beta1, t.adam_beta2), eps=1e-8, **({"fused": True} if self.cuda and t.fused_adam else {}))
         self.opt_ED = torch.optim.Adam([*m.E.parameters(), *m.D.parameters()], **adam)
         self.opt_FG = torch.optim.Adam([*m.F.parameters(), *m.G.parameters()], **adam)
-        # Shared stream for z and mixing draws (same on every worker), per-worker stream for G's noise.
+        # Streams shared by all workers: z on the device, the style-mixing coins on the CPU (reading
+        # them never waits for the device). Each worker has its own stream for G's noise.
         self.latent_rng = torch.Generator(self.device).manual_seed(t.seed + 1)
+        self.mixing_rng = torch.Generator().manual_seed(t.seed + 3)
         torch.manual_seed(t.seed + 2 + 7919 * shard.rank)
         self.images_seen = 0  # global count, thousands = kimg
         self.iteration = 0
         self.level: int | None = None
+        # First iteration at which each phase's loss was not finite (-1: never), kept on the device:
+        # checked once per tick (check_finite), so no iteration waits for the device.
+        self._nonfinite_at = torch.full((len(PHASES),), -1, dtype=torch.long, device=self.device)
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -90,37 +110,61 @@ class ALAEPhases:
         n = global_batch // self.shard.world_size
         return z[self.shard.rank * n:(self.shard.rank + 1) * n]  # [n, L]
 
-    def _styles(self, global_batch: int, stage: Stage, mixing: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Style inputs [n, S, L] for a fresh z (with style mixing if asked) and the unmixed w [n, L].
-
-        Like the authors' ``generate``, every call moves the running average of w (three per iteration).
-        """
-        m = self.model
-        w = m.F(self._z(global_batch))
-        self._update_w_avg(w.detach())
-        ws = m.broadcast(w, stage.level)
+    def _draws(self, global_batch: int, stage: Stage, mixing: bool) -> Draws:
+        z = self._z(global_batch)
         if not mixing:
-            return ws, w
-        S = ws.shape[1]
-        draw = torch.rand(2, device=self.device, generator=self.latent_rng).tolist()
-        w2 = m.F(self._z(global_batch))  # drawn every time, so the stream does not depend on the coin
-        if draw[0] < self.cfg.train.style_mixing_prob:
-            ws = m.mix(ws, w2, 1 + int(draw[1] * S))  # crossover uniform in 1..S (S: no mixing), as theirs
+            return Draws(z)
+        coin, u = torch.rand(2, generator=self.mixing_rng).tolist()
+        z2 = self._z(global_batch)  # drawn every time, so the stream does not depend on the coin
+        S = self.model.style_layers(stage.level)
+        # crossover uniform in 1..S (S: no mixing), as the authors' random.randint(1, S)
+        crossover = 1 + int(u * S) if coin < self.cfg.train.style_mixing_prob else None
+        return Draws(z, z2, crossover)
+
+    def _styles(self, d: Draws, part: slice, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Style inputs [b, S, L] and the unmixed w [b, L] for one micro-batch of the draws."""
+        m = self.model
+        w = m.F(d.z[part])
+        ws = m.broadcast(w, level)
+        if d.crossover is not None:
+            ws = m.mix(ws, m.F(d.z2[part]), d.crossover)
         return ws, w
 
-    def _update_w_avg(self, w: torch.Tensor) -> None:
-        w_mean = w.float().mean(0)
+    def micro_batches(self, n: int) -> list[slice]:
+        """This worker's ``n`` samples in micro-batches of ``train.batch_gpu`` (gradients accumulate)."""
+        b = micro_batch(n, self.cfg.train.batch_gpu)
+        return [slice(i, i + b) for i in range(0, n, b)]
+
+    def _update_w_avg(self, w_sum: torch.Tensor, n: int) -> None:
+        """Like the authors' ``generate``: every phase moves the running average of w (three times per
+        iteration), towards the mean of the global batch's w."""
+        w_mean = w_sum / n
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(w_mean)  # the global batch's mean, whatever the number of workers
+            dist.all_reduce(w_mean)
             w_mean /= dist.get_world_size()
         self.model.update_w_avg(w_mean[None], self.cfg.train.w_avg_beta)
 
-    def _check(self, value: torch.Tensor, phase: str, name: str) -> float:
-        v = float(value.detach())
-        if v != v or v in (float("inf"), float("-inf")):
-            raise NonFiniteLossError(f"non-finite {name} ({v}) in the {phase} phase at iteration "
-                                     f"{self.iteration} ({self.kimg:.3f} kimg)")
-        return v
+    def _flag(self, phase: int, loss: torch.Tensor) -> None:
+        """Remember, on the device, the first iteration at which ``phase``'s loss was not finite."""
+        first = (~torch.isfinite(loss.detach())) & (self._nonfinite_at[phase] < 0)
+        self._nonfinite_at[phase] = torch.where(first, self.iteration, self._nonfinite_at[phase])
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteLossError naming the phase and iteration where a loss first was NaN or inf.
+
+        With several workers, every worker raises if any saw one (the earliest iteration of any), so
+        none is left waiting in the next all-reduce.
+        """
+        at = self._nonfinite_at
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            never = torch.iinfo(torch.long).max
+            at = torch.where(at < 0, never, at)
+            dist.all_reduce(at, op=dist.ReduceOp.MIN)
+            at = torch.where(at == never, -1, at)
+        for phase, at in enumerate(at.tolist()):  # the one read from the device
+            if at >= 0:
+                raise NonFiniteLossError(f"non-finite {LOSS_NAMES[phase]} in the {PHASES[phase]} phase at iteration "
+                                         f"{at} (seen at iteration {self.iteration}, {self.kimg:.3f} kimg)")
 
     def _sync_grads(self, params) -> None:
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -156,65 +200,92 @@ class ALAEPhases:
                 group["lr"] = stage.lr
 
     # --- the three phases ----------------------------------------------------------------------
+    # Each phase runs over this worker's micro-batches, each loss scaled by 1 / their number, so the
+    # accumulated gradient is the gradient of the worker's mean; the workers' gradients are then
+    # averaged. Returned losses are device tensors (means over this worker's samples).
 
-    def discriminator_phase(self, x: torch.Tensor, stage: Stage) -> dict[str, float]:
+    def discriminator_phase(self, x: torch.Tensor, stage: Stage) -> dict[str, torch.Tensor]:
         """Step I: update E and D to tell E(x) from E(G(F(z))), with R1 on reals."""
-        m, gamma = self.model, self.cfg.train.r1_gamma
-        with torch.no_grad(), self._autocast():
-            ws, _ = self._styles(stage.batch, stage, mixing=True)
-            x_fake = m.G(ws, stage.level, stage.alpha, self.cfg.train.noise)
-        x_real = fade_reals(self._prepare(x), stage.alpha).detach().requires_grad_(gamma > 0)
-        with self._autocast():
-            # Separate passes, as the authors': R1's double backward then runs through the reals only.
-            real_score = m.D(m.E(x_real, stage.level, stage.alpha)).float()
-            fake_score = m.D(m.E(x_fake.to(x_real.dtype), stage.level, stage.alpha)).float()
-            loss_d = losses.d_logistic_loss(real_score, fake_score)
-        r1 = losses.r1_penalty(real_score, x_real) if gamma > 0 else torch.zeros((), device=self.device)
-        loss = loss_d + 0.5 * gamma * r1
-        self._check(loss, "discriminator", "loss_d")
+        m, t = self.model, self.cfg.train
+        # Lazy R1 (StyleGAN2): every r1_interval-th iteration only, with gamma scaled to match.
+        gamma = t.r1_gamma * t.r1_interval if self.iteration % t.r1_interval == 0 else 0.0
+        d = self._draws(stage.batch, stage, mixing=True)
+        parts = self.micro_batches(len(d.z))
         self.opt_ED.zero_grad(set_to_none=True)
-        loss.backward()
+        sums, w_sum = torch.zeros(4, device=self.device), 0.0
+        for part in parts:
+            with torch.no_grad(), self._autocast():
+                ws, w = self._styles(d, part, stage.level)
+                x_fake = m.G(ws, stage.level, stage.alpha, t.noise)
+            w_sum = w_sum + w.float().sum(0)
+            x_real = fade_reals(self._prepare(x[part]), stage.alpha).detach().requires_grad_(gamma > 0)
+            with self._autocast():
+                # Separate passes, as the authors': R1's double backward then runs through the reals only.
+                real_score = m.D(m.E(x_real, stage.level, stage.alpha)).float()
+                fake_score = m.D(m.E(x_fake.to(x_real.dtype), stage.level, stage.alpha)).float()
+                loss_d = losses.d_logistic_loss(real_score, fake_score)
+            r1 = losses.r1_penalty(real_score, x_real) if gamma > 0 else torch.zeros((), device=self.device)
+            ((loss_d + 0.5 * gamma * r1) / len(parts)).backward()
+            sums += torch.stack([loss_d, r1, real_score.mean(), fake_score.mean()]).detach()
+        self._update_w_avg(w_sum, len(d.z))
+        means = sums / len(parts)
+        self._flag(0, means[0] + means[1])
         self._sync_grads([*m.E.parameters(), *m.D.parameters()])
         self.opt_ED.step()
-        return {"loss_d": loss_d.item(), "r1": r1.item(), "real_score": real_score.mean().item(),
-                "fake_score": fake_score.mean().item()}
+        return dict(zip(("loss_d", "r1", "real_score", "fake_score"), means))
 
-    def generator_phase(self, stage: Stage) -> dict[str, float]:
+    def generator_phase(self, stage: Stage) -> dict[str, torch.Tensor]:
         """Step II: update F and G so that D(E(G(F(z)))) calls fakes real (non-saturating)."""
         m = self.model
+        d = self._draws(stage.batch, stage, mixing=True)
+        parts = self.micro_batches(len(d.z))
+        self.opt_FG.zero_grad(set_to_none=True)
+        total, w_sum = torch.zeros((), device=self.device), 0.0
         m.E.requires_grad_(False)
         m.D.requires_grad_(False)
         try:
-            with self._autocast():
-                ws, _ = self._styles(stage.batch, stage, mixing=True)
-                fake_score = m.D(m.E(m.G(ws, stage.level, stage.alpha, self.cfg.train.noise),
-                                     stage.level, stage.alpha)).float()
-                loss_g = losses.g_nonsaturating_loss(fake_score)
-            self._check(loss_g, "generator", "loss_g")
-            self.opt_FG.zero_grad(set_to_none=True)
-            loss_g.backward()
+            for part in parts:
+                with self._autocast():
+                    ws, w = self._styles(d, part, stage.level)
+                    fake_score = m.D(m.E(m.G(ws, stage.level, stage.alpha, self.cfg.train.noise),
+                                         stage.level, stage.alpha)).float()
+                    loss_g = losses.g_nonsaturating_loss(fake_score)
+                (loss_g / len(parts)).backward()
+                total += loss_g.detach()
+                w_sum = w_sum + w.detach().float().sum(0)
         finally:
             m.E.requires_grad_(True)
             m.D.requires_grad_(True)
+        self._update_w_avg(w_sum, len(d.z))
+        loss_g = total / len(parts)
+        self._flag(1, loss_g)
         self._sync_grads([*m.F.parameters(), *m.G.parameters()])
         self.opt_FG.step()
-        return {"loss_g": loss_g.item()}
+        return {"loss_g": loss_g}
 
-    def latent_phase(self, stage: Stage) -> dict[str, float]:
+    def latent_phase(self, stage: Stage) -> dict[str, torch.Tensor]:
         """Step III: update E, G and F so that E(G(w)) returns w = F(z) (latent reciprocity).
 
         As in the authors' code, w feeds G with its gradient and only the loss target is detached,
         so F is updated here too (Algorithm 1 lists E and G only).
         """
         m = self.model
-        with self._autocast():
-            ws, w = self._styles(stage.batch, stage, mixing=False)
-            w_rec = m.E(m.G(ws, stage.level, stage.alpha, self.cfg.train.noise), stage.level, stage.alpha)
-            loss_lae = losses.latent_reciprocity_loss(w, w_rec)
-        self._check(loss_lae, "latent", "loss_lae")
+        d = self._draws(stage.batch, stage, mixing=False)
+        parts = self.micro_batches(len(d.z))
         self.opt_ED.zero_grad(set_to_none=True)
         self.opt_FG.zero_grad(set_to_none=True)
-        loss_lae.backward()
+        total, w_sum = torch.zeros((), device=self.device), 0.0
+        for part in parts:
+            with self._autocast():
+                ws, w = self._styles(d, part, stage.level)
+                w_rec = m.E(m.G(ws, stage.level, stage.alpha, self.cfg.train.noise), stage.level, stage.alpha)
+                loss_lae = losses.latent_reciprocity_loss(w, w_rec)
+            (loss_lae / len(parts)).backward()
+            total += loss_lae.detach()
+            w_sum = w_sum + w.detach().float().sum(0)
+        self._update_w_avg(w_sum, len(d.z))
+        loss_lae = total / len(parts)
+        self._flag(2, loss_lae)
         self._sync_grads([*m.E.parameters(), *m.F.parameters(), *m.G.parameters()])
         # The authors' optimizer steps D here with a zero gradient (torch 1.x zero_grad keeps zeros):
         # no move (beta1 = 0), but its second moment decays and its step count advances, as theirs.
@@ -222,10 +293,13 @@ class ALAEPhases:
             p.grad = torch.zeros_like(p)
         self.opt_ED.step()
         self.opt_FG.step()
-        return {"loss_lae": loss_lae.item()}
+        return {"loss_lae": loss_lae}
 
-    def step(self, x: torch.Tensor, stage: Stage) -> dict[str, float]:
-        """One full iteration on this worker's slice ``x`` of the global batch ``stage.batch``."""
+    def step(self, x: torch.Tensor, stage: Stage) -> dict[str, torch.Tensor]:
+        """One full iteration on this worker's slice ``x`` of the global batch ``stage.batch``.
+
+        Returns the losses as device tensors; ``check_finite`` tells whether any was NaN or inf.
+        """
         self.set_stage(stage)
         out = self.discriminator_phase(x, stage)
         out.update(self.generator_phase(stage))
@@ -254,6 +328,7 @@ class ALAEPhases:
                 for key, val in st.items():
                     out[f"{name}.{idx}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
         out["rng.latent"] = self.latent_rng.get_state()
+        out["rng.mixing"] = self.mixing_rng.get_state()
         out["rng.torch_cpu"] = torch.get_rng_state()
         if self.cuda:
             out["rng.torch_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -270,8 +345,9 @@ class ALAEPhases:
         def section(prefix):
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-        self.model.load_state_dict(section("model."))
-        self.ema.load_state_dict(section("ema."))
+        ema = section("ema.")
+        self.model.load_state_dict(section("model.") or ema)  # an inference checkpoint: from the EMA copy
+        self.ema.load_state_dict(ema or section("model."))
         for name, opt in (("opt_ED", self.opt_ED), ("opt_FG", self.opt_FG)):
             sd = opt.state_dict()
             state: dict[int, dict] = {}
@@ -282,6 +358,7 @@ class ALAEPhases:
             opt.load_state_dict(sd)
         if "rng.latent" in tensors:  # absent in imported models, which start their streams afresh
             self.latent_rng.set_state(tensors["rng.latent"])
+            self.mixing_rng.set_state(tensors["rng.mixing"])
             torch.set_rng_state(tensors["rng.torch_cpu"])
         if self.cuda and "rng.torch_cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng.torch_cuda"], self.device)

@@ -66,6 +66,18 @@ def stage_at(cfg: Config, kimg: float) -> Stage:
                  lr=float(s.table("lr", res)), level_start_kimg=start, level_end_kimg=end)
 
 
+def micro_batch(per_worker: int, batch_gpu: int) -> int:
+    """The micro-batch a worker runs at once: ``batch_gpu``, or its whole batch when that is 0."""
+    if batch_gpu < 0:
+        raise ConfigError(f"train.batch_gpu must be >= 0 (0: no accumulation), got {batch_gpu}")
+    if batch_gpu == 0 or batch_gpu >= per_worker:
+        return per_worker
+    if per_worker % batch_gpu:
+        raise ConfigError(f"train.batch_gpu={batch_gpu} does not divide a worker's batch of {per_worker}; "
+                          f"choose a divisor of every per-worker batch")
+    return batch_gpu
+
+
 def per_worker_batch(global_batch: int, world_size: int) -> int:
     """Split the global batch evenly; a remainder would silently change the effective batch."""
     if world_size < 1:

@@ -6,14 +6,14 @@ Importing this package does not import Ray; ``level_dataset`` / ``level_datasets
 
 from .layout import Manifest, Shard
 from .prepare import PrepareOptions, prepare
-from .reader import iter_level_batches, open_dataset, read_level_numpy, to_tensor_batch, verify
+from .reader import iter_level_batches, open_dataset, read_first_rows, read_level_numpy, to_tensor_batch, verify
 from .sources import open_source
 from .storage import DatasetError
 
 _RAY = ("level_dataset", "level_datasets", "dataset_key")
 
 __all__ = ["DatasetError", "Manifest", "PrepareOptions", "Shard", "iter_level_batches", "open_dataset",
-           "open_source", "prepare", "read_level_numpy", "to_tensor_batch", "verify", *_RAY]
+           "open_source", "prepare", "read_first_rows", "read_level_numpy", "to_tensor_batch", "verify", *_RAY]
 
 
 def __getattr__(name: str):

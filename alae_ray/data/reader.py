@@ -81,6 +81,21 @@ def read_level_numpy(manifest: Manifest | str, resolution: int, split: str = "tr
     return _table_batch(pa.concat_tables(tables), m, resolution)
 
 
+def read_first_rows(manifest: Manifest | str, resolution: int, split: str = "train", count: int = 8) -> dict[str, np.ndarray]:
+    """The first ``count`` rows of a level in stored order, reading only the shards they are in
+    (usually one: a whole split of a 1024x1024 level would be tens of GB)."""
+    m = _manifest(manifest)
+    loc = location(m)
+    tables, rows = [], 0
+    for shard in m.shards_for(resolution, split):
+        if rows >= count:
+            break
+        tables.append(_read_shard(loc, m, shard))
+        rows += tables[-1].num_rows
+    table = pa.concat_tables(tables).slice(0, count) if tables else pa.Table.from_batches([], schema=m.schema(resolution))
+    return _table_batch(table, m, resolution)
+
+
 def iter_level_batches(manifest: Manifest | str, resolution: int, split: str = "train", batch_size: int = 64,
                        *, seed: int | None = None, drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Batches of a level for single-process use: shuffled with ``seed`` (shard order, then rows

@@ -61,7 +61,22 @@ def s3_filesystem(uri: str) -> pafs.S3FileSystem:
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
         kwargs.update(endpoint_override=parsed.netloc + parsed.path.rstrip("/"), scheme=parsed.scheme)
+        if not parsed.hostname or not parsed.hostname.endswith("amazonaws.com"):
+            compatible_checksums()
     return pafs.S3FileSystem(**kwargs)
+
+
+CHECKSUM_SETTINGS = {"AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
+                     "AWS_RESPONSE_CHECKSUM_VALIDATION": "WHEN_REQUIRED"}
+
+
+def compatible_checksums() -> None:
+    """For S3-compatible stores (an endpoint that is not AWS): the AWS SDKs' default checksums are
+    newer than several of them accept (rclone's server answers HTTP 411 to pyarrow's multipart
+    uploads), so ask for checksums only where the S3 API requires them. Processes started after this
+    (a local Ray's workers) inherit it; a value already set is kept."""
+    for key, value in CHECKSUM_SETTINGS.items():
+        os.environ.setdefault(key, value)
 
 
 def resolve(uri: str) -> Location:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 METRIC_NAMES = ("fid", "fid_rec", "ppl_z", "ppl_w", "lpips_rec", "mnist_protocol")
@@ -95,6 +96,7 @@ def _mnist_rows(args, im) -> list[dict]:
 def cmd_eval(args) -> int:
     import torch
 
+    from ..core.checkpoint import find_checkpoint
     from .metrics import METRICS, EvalOptions, LocalRunner
     from .sampling import open_image_model
 
@@ -107,6 +109,10 @@ def cmd_eval(args) -> int:
             raise ValueError(f"--ppl-sampling: {s!r} is not 'full' or 'end'")
     if min(args.num_samples, args.num_real, args.batch) < 1:
         raise ValueError("--num-samples, --num-real and --batch must be positive")
+    given = args.checkpoint[len("file://"):] if args.checkpoint.startswith("file://") else args.checkpoint
+    args.checkpoint = str(find_checkpoint(given))  # a run directory: its newest checkpoint
+    if args.checkpoint != given:
+        print(f"alae-ray eval: --checkpoint {given}: using its newest checkpoint {args.checkpoint}", file=sys.stderr)
     im = open_image_model(args.checkpoint, level=args.level, ema=not args.no_ema, device=args.device)
     opts = EvalOptions(data=args.data, split=args.split, num_samples=args.num_samples, num_real=args.num_real,
                        batch=args.batch, seed=args.seed, psi=args.psi, eps=args.eps, ppl_sampling=sampling,

@@ -68,7 +68,7 @@ def state_fingerprint(module: nn.Module) -> str:
 @contextlib.contextmanager
 def _pytorch_fid_weights_from(path: Path):
     # pytorch-fid always fetches FID_WEIGHTS_URL through its module-level load_state_dict_from_url;
-    # for a local file we swap that one function for the duration of the constructor.
+    # we swap that one function for the duration of the constructor to load our resolved file.
     import pytorch_fid.inception as mod
 
     original = mod.load_state_dict_from_url
@@ -83,9 +83,9 @@ def load_inception(device: str | torch.device = "cpu", weights: str | os.PathLik
     """pytorch-fid's InceptionV3 returning pool3 (2048-D), eval mode, on ``device``."""
     from pytorch_fid.inception import InceptionV3
 
-    local = _local(weights, ENV_INCEPTION)
+    path = Path(resolve_weight_file("inception", weights))
     block = InceptionV3.BLOCK_INDEX_BY_DIM[2048]
-    with _pytorch_fid_weights_from(local) if local else contextlib.nullcontext():
+    with _pytorch_fid_weights_from(path):
         net = InceptionV3([block], resize_input=True, normalize_input=True, use_fid_inception=True)
     return net.to(device).eval().requires_grad_(False)
 
@@ -107,18 +107,13 @@ def inception_features(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def _vgg16_features_state(weights: str | os.PathLike | None) -> dict:
-    local = _local(weights, ENV_VGG)
-    state = _torch_load(local) if local else torch.hub.load_state_dict_from_url(VGG16_URL, map_location="cpu",
-                                                                             file_name=VGG16_FILE)
+    state = _torch_load(Path(resolve_weight_file("vgg", weights)))
     # A full torchvision VGG16 state dict, or only its ``features.*`` part (all LPIPS needs).
     return {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
 
 
 def _lpips_linear_state(weights: str | os.PathLike | None) -> dict:
-    local = _local(weights, ENV_LPIPS) or _shipped_lpips_weights()
-    if local is not None:
-        return _torch_load(local)
-    return torch.hub.load_state_dict_from_url(LPIPS_URL, map_location="cpu", file_name=LPIPS_FILE)
+    return _torch_load(Path(resolve_weight_file("lpips", weights)))
 
 
 class LPIPS(nn.Module):
@@ -194,20 +189,36 @@ def _shipped_lpips_weights() -> Path | None:
         return None
 
 
+class WeightsUnavailable(FileNotFoundError):
+    """A pretrained network's weights are neither given, nor cached, nor downloadable (one line)."""
+
+
+_WHAT = {"inception": ("FID's Inception-v3", ENV_INCEPTION, "--inception-weights"),
+         "vgg": ("LPIPS's VGG16", ENV_VGG, "--vgg-weights"),
+         "lpips": ("LPIPS's linear layers", ENV_LPIPS, "--lpips-weights")}
+
+
 def resolve_weight_file(kind: str, explicit: str | os.PathLike | None = None) -> str:
     """A concrete local file for ``kind`` in {"inception", "vgg", "lpips"}, in the module's order,
-    downloading into torch.hub's cache if needed. Used before starting Ray workers, so that every
-    worker loads exactly the driver's file."""
+    downloading into torch.hub's cache if needed (``WeightsUnavailable`` naming the file, where it
+    was looked for and how to get it, when that fails). Used before starting Ray workers, so that
+    every worker loads exactly the driver's file."""
     from pytorch_fid.inception import FID_WEIGHTS_URL
 
-    env, url, name = {"inception": (ENV_INCEPTION, FID_WEIGHTS_URL, INCEPTION_FILE),
-                      "vgg": (ENV_VGG, VGG16_URL, VGG16_FILE),
-                      "lpips": (ENV_LPIPS, LPIPS_URL, LPIPS_FILE)}[kind]
+    url, name = {"inception": (FID_WEIGHTS_URL, INCEPTION_FILE), "vgg": (VGG16_URL, VGG16_FILE),
+                 "lpips": (LPIPS_URL, LPIPS_FILE)}[kind]
+    what, env, option = _WHAT[kind]
     local = _local(explicit, env) or (_shipped_lpips_weights() if kind == "lpips" else None)
     if local is not None:
         return str(local)
     path = Path(torch.hub.get_dir()) / "checkpoints" / name
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(path))
+        try:  # torch.hub downloads to a temporary name and renames: no half-written file is left
+            torch.hub.download_url_to_file(url, str(path), progress=False)
+        except OSError as exc:  # URLError and socket errors are OSErrors
+            reason = getattr(exc, "reason", None) or exc
+            raise WeightsUnavailable(f"{what} weights {name} are not in {path.parent} and could not be downloaded "
+                                     f"from {url} ({reason}); download that file where there is internet and copy "
+                                     f"it there, or pass {option} FILE (or set ${env})") from None
     return str(path)

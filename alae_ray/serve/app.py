@@ -28,6 +28,9 @@ log = logging.getLogger("alae_ray.serve")
 UI_PATH = "/ui"
 
 
+GATEWAY_CPUS = 0.5  # per gateway replica: it parses requests and awaits the model
+
+
 class ServeArgs(BaseModel):
     """Arguments of the application builder (``args:`` in deploy/serve.yaml, flags of ``alae-ray serve``)."""
 
@@ -117,6 +120,14 @@ class ModelServer:
         return await self._run("generate", self.engine.generate, list(zip(seeds, psis)))
 
 
+    def directions(self, k: int) -> np.ndarray:
+        return self.engine.directions(k)
+
+    async def refine(self, image: np.ndarray, steps: int) -> tuple:
+        # An optimisation per request: not batched, and off the event loop so batches keep forming.
+        return await asyncio.to_thread(self.engine.refine, image, steps)
+
+
 class HandleBackend:
     """The Service's backend over a DeploymentHandle to ModelServer."""
 
@@ -134,6 +145,12 @@ class HandleBackend:
 
     async def generate(self, seeds, psis):
         return await self.h.generate.remote(seeds, psis)
+
+    async def directions(self, k):
+        return await self.h.directions.remote(k)
+
+    async def refine(self, image, steps):
+        return await self.h.refine.remote(image, steps)
 
 
 @serve.deployment
@@ -172,5 +189,5 @@ def build_app(args: ServeArgs):
     ).bind(args.checkpoint, args.device, args.level, args.max_batch_size, args.batch_wait_timeout_s)
     # The gateway only awaits the model: many requests in flight cost it little CPU.
     gateway = Gateway.options(num_replicas=args.gateway_replicas, max_ongoing_requests=4 * args.ongoing(),
-                              ray_actor_options={"num_cpus": 0.5})
+                              ray_actor_options={"num_cpus": GATEWAY_CPUS})
     return gateway.bind(model, args.limits().__dict__, args.ui)

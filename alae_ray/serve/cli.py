@@ -50,7 +50,8 @@ def cmd_serve(args) -> int:
 
     import ray
 
-    from .app import UI_PATH, ServeArgs, build_app
+    from ..train.watchdog import cluster_can_grow, require
+    from .app import GATEWAY_CPUS, UI_PATH, ServeArgs, build_app
 
     checkpoint = args.checkpoint if args.checkpoint.startswith("s3://") else os.path.abspath(args.checkpoint)
     precheck(checkpoint)
@@ -59,6 +60,13 @@ def cmd_serve(args) -> int:
                      ui=not args.no_ui)
     ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=args.verbose)
     try:
+        # serve.run waits until every replica runs: refuse what cannot be placed instead of waiting
+        cpus, gpus = opts.model_replicas * opts.num_cpus + opts.gateway_replicas * GATEWAY_CPUS, opts.num_gpus
+        warning = require(cpus, gpus * opts.model_replicas, f"serving needs {opts.model_replicas} model replica(s) x "
+                          f"({opts.num_cpus:g} CPU, {opts.num_gpus:g} GPU) + {opts.gateway_replicas} gateway(s) x "
+                          f"{GATEWAY_CPUS:g} CPU", "lower --num-cpus or --num-gpus", strict=not cluster_can_grow())
+        if warning:
+            print(f"alae-ray serve: warning: {warning}", file=sys.stderr, flush=True)
         serve.start(http_options={"host": args.host, "port": args.port})
         try:
             serve.run(build_app(opts), name="alae", route_prefix="/")

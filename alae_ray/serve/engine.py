@@ -62,6 +62,20 @@ class Engine:
         return self.api.to_uint8(x)
 
 
+    def directions(self, k: int) -> np.ndarray:
+        """The ``k`` strongest unsupervised edit directions in W (SeFa), float32 [k, L], unit length."""
+        return self.api.directions(k).cpu().numpy()
+
+    def refine(self, image: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One image uint8 [R, R, 3] -> (encoder's G(E(x)), refined reconstruction) as uint8 [R, R, 3] and
+        their pixel errors [2] (mean squared, in [-1, 1] units): w = E(x) optimised ``steps`` times."""
+        x = self._input(image[None])
+        rec = self.api.reconstruct(x)
+        _, refined = self.api.refine(x, steps=steps)
+        mse = np.asarray([float((y.float() - x).pow(2).mean()) for y in (rec, refined)], np.float32)
+        return self.api.to_uint8(rec)[0], self.api.to_uint8(refined)[0], mse
+
+
 def open_engine(uri: str, *, device: str = "auto", level: int | None = None) -> Engine:
     """An Engine from a local or ``s3://`` checkpoint or run directory; CheckpointError names it."""
     name = str(uri) if str(uri).startswith("s3://") else os.path.basename(os.path.normpath(str(uri)))

@@ -115,7 +115,7 @@ def build_api(service: Service, stats: Callable[[], Awaitable[dict]] | None = No
               ui_path: str | None = None) -> FastAPI:
     limits = service.limits
     app = FastAPI(title="ALAE", description="Adversarial Latent Autoencoder: encode, decode, reconstruct, "
-                  "mix styles, generate, interpolate.", docs_url="/api/docs", openapi_url="/api/openapi.json",
+                  "refine, edit, mix styles, generate, interpolate.", docs_url="/api/docs", openapi_url="/api/openapi.json",
                   redoc_url=None)
 
     @app.exception_handler(InputError)
@@ -215,6 +215,50 @@ def build_api(service: Service, stats: Callable[[], Awaitable[dict]] | None = No
         b = await _image(form, "b", service)
         r = await service.interpolate(a, b, steps)
         return png(strip(r.images), r.batch_size, {"X-Steps": str(len(r.images))})
+
+    @app.get("/api/directions")
+    async def directions():
+        """The model's strongest unsupervised edit directions in W (SeFa), strongest first, unit length."""
+        d = await service.directions()
+        return {"directions": d.tolist(), "count": len(d), "latent_size": service.latent_size}
+
+    @app.post("/api/edit")
+    async def edit(request: Request):
+        """Move an image's code (multipart ``image``, ``direction``, ``strength``, ``layers``) or a code
+        (JSON ``{"w", "direction", "strength", "layers"}``) along an edit direction -> PNG.
+
+        ``layers``: a band (coarse / middle / fine), ``start:stop`` over style inputs, or all (default).
+        """
+        if request.headers.get("content-type", "").startswith("application/json"):
+            body = parse_json(await request.body())
+            if not isinstance(body, dict) or "w" not in body:
+                raise InputError("expected a JSON object with a 'w' field (or a multipart 'image')", 422)
+            fields, image, w = body, None, body["w"]
+        else:
+            form = await _form(request, limits)
+            fields = {k: _text(form, k, "") for k in ("direction", "strength", "layers")}
+            image, w = await _image(form, "image", service), None
+        for k in ("direction", "strength"):
+            if fields.get(k) in (None, ""):
+                raise InputError(f"missing field {k!r}", 422)
+        r = await service.edit(fields["direction"], fields["strength"], fields.get("layers"), image=image, w_json=w)
+        return png(r.images[0], r.batch_size, {"X-Direction": str(fields["direction"])})
+
+    @app.post("/api/refine")
+    async def refine(request: Request, format: str = "json"):
+        """multipart ``image`` and ``steps`` -> the encoder's reconstruction and the one refined by
+        optimising w against the image, with their pixel errors; ``?format=png``: both side by side."""
+        if format not in ("json", "png"):
+            raise InputError("'format' must be json or png", 422)
+        form = await _form(request, limits)
+        steps = _text(form, "steps", "50")
+        img = await _image(form, "image", service)
+        rec, refined, mse = await service.refine(img, steps)
+        if format == "png":
+            return png(strip(np.stack([rec, refined])), 1)
+        return {"encoder_png_base64": base64.b64encode(encode_png(rec)).decode(),
+                "refined_png_base64": base64.b64encode(encode_png(refined)).decode(),
+                "mse_encoder": float(mse[0]), "mse_refined": float(mse[1]), "steps": int(steps)}
 
     # Outermost user middleware: it also caps uploads to a UI mounted on this app later.
     app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)

@@ -29,6 +29,7 @@ from alae_ray.data.images import centre_square, to_rgb8
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 MAX_SEED = 2**63 - 1
 PSI_RANGE = (-1.0, 2.0)  # beyond this truncation only extrapolates into garbage
+STRENGTH_RANGE = (-20.0, 20.0)  # along a unit edit direction; w's own norm is O(1-10)
 W_ABS_MAX = 1.0e3  # a trained w is O(1); anything far larger is a client bug
 
 
@@ -48,6 +49,8 @@ class Limits:
     max_pixels: int = 4096 * 4096  # declared width x height of one image
     max_grid: int = 8  # sources or destinations of one style-mixing request
     max_steps: int = 32  # frames of one interpolation
+    max_directions: int = 10  # edit directions offered (the strongest first)
+    max_refine_steps: int = 200  # optimisation steps of one refined reconstruction (it holds a replica)
 
 
 # --- images -----------------------------------------------------------------------------------

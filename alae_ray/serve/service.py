@@ -2,8 +2,9 @@
 
 A backend has async ``encode(images)``, ``synthesize(ws)``, ``reconstruct(images)`` and
 ``generate(seeds, psis)``, each returning its result(s) plus the number of requests that shared
-the model's batch. Composite operations (style grids, interpolation) are one encode call and one
-synthesize call each, so their images travel through the model batched too.
+the model's batch, and unbatched ``directions(k)`` and ``refine(image, steps)``. Composite
+operations (style grids, interpolation, edits) are one encode call and one synthesize call each, so
+their images travel through the model batched too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .engine import lerp_codes, mix_codes
-from .inputs import InputError, Limits, parse_int, parse_psi, parse_seed, parse_w
+from .inputs import STRENGTH_RANGE, InputError, Limits, parse_float, parse_int, parse_psi, parse_seed, parse_w
 from .styles import parse_layers
 
 
@@ -23,6 +24,8 @@ class Backend(Protocol):
     async def synthesize(self, ws: np.ndarray) -> tuple[np.ndarray, int]: ...
     async def reconstruct(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]: ...
     async def generate(self, seeds: np.ndarray, psis: np.ndarray) -> tuple[np.ndarray, int]: ...
+    async def directions(self, k: int) -> np.ndarray: ...
+    async def refine(self, image: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Service:
         self.style_layers = int(info["style_layers"])
         self.num_levels = int(info["num_levels"])
         self.default_psi = float(info["truncation_psi"])
+        self._directions: np.ndarray | None = None  # fetched from the model once
 
     async def encode(self, image: np.ndarray) -> Result:
         w, b = await self.backend.encode(image[None])
@@ -78,3 +82,33 @@ class Service:
         codes = np.repeat(lerp_codes(w[0], w[1], n)[:, None], self.style_layers, axis=1)  # [n, S, L]
         imgs, bs = await self.backend.synthesize(codes)
         return Result(imgs, bs, w)
+
+    async def directions(self) -> np.ndarray:
+        """The model's strongest edit directions [k, L] (SeFa), fetched once."""
+        if self._directions is None:
+            self._directions = np.asarray(await self.backend.directions(self.limits.max_directions), np.float32)
+        return self._directions
+
+    async def edit(self, direction: Any, strength: Any, layers: Any = None, *, image: np.ndarray | None = None,
+                   w_json: Any = None) -> Result:
+        """An image (encoded first) or a code moved ``strength`` along edit direction ``direction`` at the
+        style inputs ``layers`` (a band, start:stop, or "all", the default)."""
+        dirs = await self.directions()
+        k = parse_int(direction, "direction", 0, len(dirs) - 1)
+        s = parse_float(strength, "strength", *STRENGTH_RANGE)
+        every = layers is None or str(layers).strip().lower() in ("", "all")
+        rng = parse_layers(f"0:{self.style_layers}" if every else layers, self.num_levels)
+        if image is not None:
+            w, _ = await self.backend.encode(image[None])
+            codes = np.repeat(w[:, None], self.style_layers, axis=1)
+        else:
+            w = None
+            codes = parse_w(w_json, self.latent_size, self.style_layers)[None].copy()
+        codes[:, rng.start:rng.stop] += s * dirs[k]
+        imgs, b = await self.backend.synthesize(codes.astype(np.float32))
+        return Result(imgs, b, w)
+
+    async def refine(self, image: np.ndarray, steps: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(encoder's reconstruction, refined one, their mean squared pixel errors)."""
+        n = parse_int(steps, "steps", 0, self.limits.max_refine_steps)
+        return await self.backend.refine(image, n)

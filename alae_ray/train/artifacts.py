@@ -55,10 +55,17 @@ def sample_grids(model, level: int, alpha: float, z: torch.Tensor, reals: torch.
             save_grid(pairs, out_dir / f"reconstructions_{tag}.png", nrow=n)]
 
 
-class MetricsLog:
-    """metrics.jsonl + TensorBoard scalars + one console line per tick."""
+def console_line(metrics: dict) -> str:
+    """One tick as a person reads it."""
+    losses = " ".join(f"{k}={metrics[k]:.4f}" for k in LOSS_KEYS if k in metrics)
+    return (f"kimg {metrics['kimg']:8.2f}  {metrics['resolution']:>4}px a={metrics['alpha']:.2f}  {losses}  "
+            f"lr={metrics['lr']:.4g}  {metrics['sec_per_kimg']:.2f} s/kimg  {metrics['images_per_sec']:.0f} img/s")
 
-    def __init__(self, out_dir: str | Path, console: bool = True):
+
+class MetricsLog:
+    """metrics.jsonl + TensorBoard scalars (+ the console line, when asked to print it here)."""
+
+    def __init__(self, out_dir: str | Path, console: bool = False):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "metrics.jsonl"
@@ -79,10 +86,7 @@ class MetricsLog:
                     self.tb.add_scalar(k, v, step)
             self.tb.flush()
         if self.console:
-            losses = " ".join(f"{k}={metrics[k]:.4f}" for k in LOSS_KEYS if k in metrics)
-            print(f"kimg {metrics['kimg']:8.2f}  {metrics['resolution']:>4}px a={metrics['alpha']:.2f}  {losses}  "
-                  f"lr={metrics['lr']:.4g}  {metrics['sec_per_kimg']:.2f} s/kimg  {metrics['images_per_sec']:.0f} img/s",
-                  file=sys.stderr, flush=True)
+            print(console_line(metrics), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.tb is not None:
@@ -116,14 +120,42 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path) -> Path | None:
     return png_path
 
 
-def upload(local_dir: str | Path, uri: str) -> None:
-    """Mirror the artifacts folder to remote storage (s3://...), so a cluster run's samples are not
-    stranded on whichever node hosted rank 0."""
+def _remote_sizes(loc) -> dict[str, int]:
     import pyarrow.fs as pafs
 
-    from ..data.storage import resolve
+    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True, allow_not_found=True))
+    return {i.path[len(loc.path) + 1:]: i.size for i in infos if i.type == pafs.FileType.File}
+
+
+def upload(local_dir: str | Path, uri: str) -> list[str]:
+    """Mirror the artifacts folder to remote storage (s3://...), so a cluster run's samples are not
+    stranded on whichever node hosted rank 0. Only files that are new or changed in size are sent
+    (grids are written once; the logs grow). Returns what was sent."""
+    from ..data.storage import resolve, write_bytes_atomic
 
     loc = resolve(uri)
-    loc.fs.create_dir(loc.path, recursive=True)
-    pafs.copy_files(str(local_dir), loc.path, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=loc.fs)
+    remote = _remote_sizes(loc)
+    sent = []
+    for path in sorted(Path(local_dir).rglob("*")):
+        rel = path.relative_to(local_dir).as_posix()
+        if path.is_file() and not path.name.startswith(".") and remote.get(rel) != path.stat().st_size:
+            write_bytes_atomic(loc, rel, path.read_bytes())  # no directory markers: plain object writes
+            sent.append(rel)
+    return sent
+
+
+def restore_log(local_dir: str | Path, uri: str) -> bool:
+    """After a restart on another node: continue the mirrored metrics log instead of overwriting it
+    with the part written after the restart. True when there was one to continue."""
+    from ..data.storage import DatasetError, read_bytes, resolve
+
+    local = Path(local_dir) / "metrics.jsonl"
+    if local.exists():
+        return False
+    try:
+        data = read_bytes(resolve(uri), "metrics.jsonl")
+    except DatasetError:
+        return False
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(data)
+    return True

@@ -8,11 +8,19 @@ import sys
 def cmd_train(args) -> int:
     from .run import TrainOptions, dump_summary, format_summary, run
 
+    init = args.init
+    if init and "://" not in init:  # a local run directory: its newest checkpoint
+        from ..core.checkpoint import find_checkpoint
+
+        init = str(find_checkpoint(init))
+        if init != args.init:
+            print(f"alae-ray train: --init {args.init}: using its newest checkpoint {init}", file=sys.stderr)
     opts = TrainOptions(preset=args.preset or (None if args.init else "tiny"), overrides=args.set or [], data=args.data, storage=args.storage,
                         name=args.name, workers=args.workers, gpu=args.gpu, max_kimg=args.max_kimg,
                         tick_kimg=args.tick_kimg, checkpoint_kimg=args.checkpoint_kimg, keep=args.keep,
                         max_failures=args.max_failures, flip=not args.no_flip,
-                        cpus_per_worker=args.cpus_per_worker, init_checkpoint=args.init)
+                        cpus_per_worker=args.cpus_per_worker, init_checkpoint=init,
+                        stall_timeout_s=args.stall_timeout, verbose=args.verbose)
     try:
         summary = run(opts)
     except Exception as exc:  # Ray wraps worker errors; show the root cause in one line
@@ -45,10 +53,17 @@ def register(sub) -> None:
     p.add_argument("--tick-kimg", type=float, default=0.5, help="report interval (kimg)")
     p.add_argument("--checkpoint-kimg", type=float, default=2.0, help="checkpoint interval (kimg)")
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
-    p.add_argument("--max-failures", type=int, default=0, help="restarts from the latest checkpoint on failure")
+    p.add_argument("--max-failures", type=int, default=None,
+                   help="restarts from the latest checkpoint after a lost worker (default: 3 on a cluster, 0 on "
+                        "a local Ray); a non-finite loss is never retried")
+    p.add_argument("--stall-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="stop with an error saying what the run waited for when nothing happens this long "
+                        "(default 600; 0: wait for ever)")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     p.add_argument("--init", metavar="CHECKPOINT", default=None,
                    help="start a new run from this checkpoint's networks (e.g. one from `alae-ray import-authors`, "
                         "to fine-tune); ignored once the run has checkpoints of its own")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--verbose", action="store_true", help="also print Ray's own logs from the workers "
+                   "(otherwise they stay in Ray's session log files)")
     p.set_defaults(func=cmd_train)

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.config import Config, ConfigError, load_config
-from ..core.schedule import per_worker_batch, stage_at, total_kimg
-from ..data import open_dataset, prepare, read_level_numpy
+from ..core.schedule import micro_batch, per_worker_batch, stage_at, total_kimg
+from ..data import open_dataset, prepare, read_first_rows
 from ..data.prepare import PrepareOptions
 from ..data.sources import shapes_source
 from ..data.storage import DatasetError, resolve
 from .checkpoints import checkpoint_info
+from .watchdog import Needs, cluster_can_grow, fit_watched, new_board, preflight
 
 DEFAULT_CACHE = Path(os.environ.get("ALAE_RAY_CACHE", Path.home() / ".cache" / "alae-ray"))
 
@@ -41,7 +43,9 @@ class TrainOptions:
     tick_kimg: float = 0.5  # Report interval.
     checkpoint_kimg: float = 2.0  # Checkpoint interval.
     keep: int = 3  # Checkpoints kept.
-    max_failures: int = 0  # Worker-group restarts from the latest checkpoint.
+    max_failures: int | None = None  # Worker-group restarts from the latest checkpoint (None: 3 on a
+    #                                  cluster, 0 on a local Ray). A non-finite loss is never retried.
+    stall_timeout_s: float = 600.0  # Stop when nothing has happened for this long (0: wait for ever).
     flip: bool = True  # Random horizontal flips.
     shuffle_buffer: int = 2048  # Rows in each worker's per-epoch shuffle buffer.
     cpus_per_worker: float = 1.0
@@ -49,11 +53,12 @@ class TrainOptions:
     artifacts: str | None = None  # Local folder for samples/metrics/TensorBoard (default: beside the
     #                               checkpoints for local storage, ./runs/NAME/artifacts for s3://, then uploaded).
     fail_at_kimg: float | None = None  # Testing: one worker crashes once at this point.
-    console: bool = True
+    console: bool = True  # One line per tick on the driver's console.
+    verbose: bool = False  # Also Ray's own logs from the workers (otherwise in Ray's session log files).
     callbacks: list = field(default_factory=list)  # Ray Train callbacks (e.g. Tune's TuneReportCallback).
     init_checkpoint: str | None = None  # Start a new run from this checkpoint (local path or s3://);
     #                                     ignored once the run has checkpoints of its own (resume).
-    objective: dict | None = None  # Report a tuning objective every tick (see alae_ray.tune.objective).
+    objective: dict | None = None  # Report a tuning objective every tick (see alae_ray.train.objective).
 
 
 def embedded_dataset(resolution: int, count: int = EMBEDDED_COUNT, seed: int = 0) -> str:
@@ -115,8 +120,8 @@ def plan(opts: TrainOptions) -> Plan:
                           f"({'; '.join(diff)})")
     if opts.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {opts.workers}")
-    for b in cfg.schedule.batch.values():
-        per_worker_batch(b, opts.workers)  # fail now, naming the batch, rather than inside a worker
+    for b in cfg.schedule.batch.values():  # fail now, naming the batch, rather than inside a worker
+        micro_batch(per_worker_batch(b, opts.workers), cfg.train.batch_gpu)
     data = opts.data or embedded_dataset(cfg.model.max_resolution if cfg.model.kind == "style" else 32,
                                          opts.shapes_count, cfg.train.seed)
     manifest = open_dataset(data)
@@ -141,7 +146,7 @@ def _tuning_inputs(opts: TrainOptions, cfg: Config, manifest, resolutions: list[
         start_kimg = checkpoint_info(opts.init_checkpoint)[1]["images_seen"] / 1000.0
     if not opts.objective:
         return start_kimg, None
-    from ..tune.objective import held_out_images
+    from .objective import held_out_images
 
     if cfg.model.kind == "mlp":
         need = resolutions
@@ -163,8 +168,9 @@ def build_trainer(opts: TrainOptions, p: Plan | None = None):
 
     p = p or plan(opts)
     cfg, manifest, resolutions = p.cfg, p.manifest, p.resolutions
+    board, board_name = new_board()
     split = "test" if manifest.count(resolutions[-1], "test") >= 8 else "train"
-    fixed = read_level_numpy(manifest, resolutions[-1], split)["image"][:8]
+    fixed = read_first_rows(manifest, resolutions[-1], split, 8)["image"]  # one shard, not the split
     start_kimg, held_out = _tuning_inputs(opts, cfg, manifest, resolutions, p.max_kimg)
     loop_config = {
         "cfg": cfg.to_dict(), "max_kimg": p.max_kimg, "tick_kimg": opts.tick_kimg,
@@ -173,6 +179,7 @@ def build_trainer(opts: TrainOptions, p: Plan | None = None):
         "console": opts.console, "data_resolution": resolutions[0] if cfg.model.kind == "mlp" else None,
         "threads": max(1, int(opts.cpus_per_worker)), "fail_at_kimg": opts.fail_at_kimg,
         "init_checkpoint": opts.init_checkpoint, "objective": opts.objective, "held_out": held_out,
+        "board": board_name,
     }
     DataContext.get_current().enable_progress_bars = False  # one console line per tick instead
     trainer = TorchTrainer(
@@ -186,12 +193,43 @@ def build_trainer(opts: TrainOptions, p: Plan | None = None):
         run_config=ray.train.RunConfig(
             name=p.name, storage_path=p.storage_path, storage_filesystem=p.storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=opts.keep),
-            failure_config=ray.train.FailureConfig(max_failures=opts.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures(opts)),
             callbacks=list(opts.callbacks) or None),
     )
     return trainer, {"name": p.name, "data": p.data, "storage": opts.storage,
                      "artifacts": p.upload or str(p.artifacts_dir), "max_kimg": p.max_kimg, "start_kimg": start_kimg,
-                     "config": cfg}
+                     "config": cfg, "board": board}
+
+
+def quiet_ray_loggers(verbose: bool) -> None:
+    """Ray's and Ray Train's driver-side INFO messages only with --verbose (they stay in Ray's logs)."""
+    import logging
+
+    for name in ("ray", "ray.train", "ray.data", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def max_failures(opts: TrainOptions) -> int:
+    """Restarts after a lost worker: 3 on a cluster (nodes go away), none on a local Ray (a crash
+    there is a bug that a restart would repeat)."""
+    if opts.max_failures is not None:
+        return opts.max_failures
+    return 3 if os.environ.get("RAY_ADDRESS") else 0
+
+
+def fit(trainer, info: dict, stall_timeout_s: float):
+    """``trainer.fit()`` bounded by the stall timeout; a non-finite loss (which the workers end the run
+    on, so that Ray Train does not retry it) raised here."""
+    import ray
+
+    from ..core.phases import NonFiniteLossError
+
+    result = fit_watched(trainer, info["board"], stall_timeout_s,
+                         echo=lambda line: print(line, file=sys.stderr, flush=True))
+    failed = ray.get(info["board"].failure.remote(), timeout=60)
+    if failed:
+        raise NonFiniteLossError(failed)
+    return result
 
 
 def run(opts: TrainOptions) -> dict:
@@ -200,9 +238,14 @@ def run(opts: TrainOptions) -> dict:
 
     p = plan(opts)  # config, batch split, dataset and storage checked before Ray starts
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
+        quiet_ray_loggers(opts.verbose)
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=opts.verbose)
+    gpus = 1.0 if opts.gpu else 0.0
+    warning = preflight(Needs(opts.workers, opts.cpus_per_worker, gpus), strict=not cluster_can_grow())
+    if warning:
+        print(f"alae-ray train: warning: {warning}", file=sys.stderr, flush=True)
     trainer, info = build_trainer(opts, p)
-    result = trainer.fit()
+    result = fit(trainer, info, opts.stall_timeout_s)
     ckpt = result.checkpoint
     summary = {"name": info["name"], "data": info["data"], "artifacts": info["artifacts"],
                "checkpoint": ckpt.path if ckpt is not None else None,

@@ -13,6 +13,7 @@ import os
 import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from ..core.pixels import from_uint8
 from ..core.schedule import Stage
 from ..data.ray_reader import dataset_key
 from . import artifacts
+from .watchdog import beat
 
 
 class ShardStream:
@@ -41,9 +43,10 @@ class ShardStream:
     Flips are decided per (row id, epoch) for the same reason.
     """
 
-    def __init__(self, seed: int, rank: int, flip: bool, buffer: int, data_resolution: int | None, model: ModelConfig):
-        self.seed, self.rank, self.flip, self.buffer = seed, rank, flip, buffer
-        self.data_resolution, self.model = data_resolution, model
+    def __init__(self, seed: int, rank: int, flip: bool, buffer: int, data_resolution: int | None, model: ModelConfig,
+                 board: str | None = None, device: torch.device = torch.device("cpu")):
+        self.seed, self.rank, self.flip, self.buffer, self.device = seed, rank, flip, buffer, device
+        self.data_resolution, self.model, self.board = data_resolution, model, board
         self.resolution: int | None = None
         self.epoch = 0
         self.batches = 0  # batches taken in the current epoch
@@ -62,7 +65,7 @@ class ShardStream:
         level_seed = (self.seed * 1_000_003 + self.resolution * 7919 + self.epoch * 104_729 + self.rank) % 2**31
         self._it = iter(shard.iter_batches(batch_size=n, batch_format="numpy", drop_last=True,
                                            local_shuffle_buffer_size=max(self.buffer, n),
-                                           local_shuffle_seed=level_seed))
+                                           local_shuffle_seed=level_seed, prefetch_batches=2))
 
     def __call__(self, stage: Stage, n: int) -> torch.Tensor:
         res = self.data_resolution or stage.resolution
@@ -70,18 +73,26 @@ class ShardStream:
             self.resolution, self.epoch, self.batches, self._it, self._skip = res, 0, 0, None, 0
         while True:
             if self._it is None:
+                beat(self.board, f"rank {self.rank}: the first batch of epoch {self.epoch} of the {res}px data "
+                                 f"(Ray Data's read tasks need a free CPU)")
                 self._open(n)
                 for _ in range(self._skip):
                     next(self._it)
                 self._skip = 0
             batch = next(self._it, None)
             if batch is not None:
+                beat(self.board, f"rank {self.rank}: training on {res}px batches")
                 break
             self.epoch, self.batches, self._it = self.epoch + 1, 0, None
         self.batches += 1
+        # uint8 crosses to the device (a quarter of float32's bytes, from pinned memory on a GPU, without
+        # waiting); flips and scaling run there.
         x = torch.from_numpy(np.ascontiguousarray(batch["image"]))  # uint8 [n, C, R, R]
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True)
         if self.flip:
-            ids = torch.from_numpy(np.asarray(batch["id"], dtype=np.int64))
+            ids = torch.from_numpy(np.asarray(batch["id"], dtype=np.int64)).to(self.device, non_blocking=True)
             mask = ((ids * 2654435761 + self.epoch * 40503) >> 11) & 1  # per (row, epoch)
             x = torch.where(mask.bool().view(-1, 1, 1, 1), x.flip(-1), x)
         x = from_uint8(x, self.model)
@@ -126,8 +137,10 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     phases = ALAEPhases(cfg, device, Shard(rank, world))
+    board = config.get("board")
+    beat(board, f"rank {rank} of {world} started on {socket.gethostname()}")
     stream = ShardStream(cfg.train.seed, rank, config["flip"], config["shuffle_buffer"],
-                         config.get("data_resolution"), cfg.model)
+                         config.get("data_resolution"), cfg.model, board, device)
     out_dir = Path(config["artifacts_dir"])
     fixed: dict[str, torch.Tensor] = {}
 
@@ -144,10 +157,12 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             print(f"resumed from checkpoint at {phases.kimg:.2f} kimg (iteration {phases.iteration})", flush=True)
 
-    log = artifacts.MetricsLog(out_dir, console=config.get("console", True)) if rank == 0 else None
+    if rank == 0 and config.get("artifacts_upload"):
+        artifacts.restore_log(out_dir, config["artifacts_upload"])  # a restart elsewhere: append, not overwrite
+    log = artifacts.MetricsLog(out_dir) if rank == 0 else None
     evaluator = None
     if rank == 0 and config.get("objective"):  # tuning: an objective on a fixed held-out batch every tick
-        from ..tune.objective import Evaluator
+        from .objective import Evaluator
 
         evaluator = Evaluator(config["objective"], config["held_out"], cfg.model, device)
     placement = _gather({"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
@@ -175,6 +190,9 @@ def train_loop_per_worker(config: dict) -> None:
         rng = _gather_rng(phases) if due else {}
         if rank == 0:
             log.write(metrics)
+            # the driver prints it: one line per tick, with or without Ray's own worker logs
+            beat(board, f"training at {tick.kimg:.3f} kimg ({s.resolution}px)",
+                 say=artifacts.console_line(metrics) if config.get("console", True) else None)
             if due:
                 _write_samples(phases, s, fixed, out_dir, tick.kimg, config)
                 if tick.images_seen >= stop:
@@ -183,14 +201,15 @@ def train_loop_per_worker(config: dict) -> None:
                     artifacts.upload(out_dir, config["artifacts_upload"])
         if due:
             next_ckpt[0] = (tick.images_seen // every_ckpt + 1) * every_ckpt
-            with tempfile.TemporaryDirectory() as tmp:
-                ckpt = None
-                if rank == 0:
-                    tensors = {**phases.tensors(), **rng, **{f"fixed.{k}": v for k, v in fixed.items()}}
-                    path = write_checkpoint(Path(tmp) / "checkpoint", cfg, tensors,
-                                            {**phases.progress(), "data": stream.state_dict(), "kimg": tick.kimg})
-                    ckpt = ray.train.Checkpoint.from_directory(str(path))
-                ray.train.report(metrics, checkpoint=ckpt)
+            ckpt = None
+            if rank == 0:  # written to local disk now, uploaded by Ray Train in the background
+                tensors = {**phases.tensors(), **rng, **{f"fixed.{k}": v for k, v in fixed.items()}}
+                path = write_checkpoint(Path(tempfile.gettempdir()) / f"alae-ray-checkpoint-{uuid.uuid4().hex}", cfg,
+                                        tensors, {**phases.progress(), "data": stream.state_dict(), "kimg": tick.kimg})
+                ckpt = ray.train.Checkpoint.from_directory(str(path))
+            # ASYNC: training goes on while the checkpoint uploads (the local copy is deleted after);
+            # Ray Train waits for the last upload before the run ends.
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
         else:
             ray.train.report(metrics)
         if fail_at is not None and tick.kimg >= fail_at and rank == world - 1 and not _marker(out_dir).exists():
@@ -201,9 +220,13 @@ def train_loop_per_worker(config: dict) -> None:
     try:
         train(phases, stream, max_kimg=max_kimg, tick_kimg=config["tick_kimg"], on_tick=on_tick)
     except NonFiniteLossError as exc:
+        # Not an exception for Ray Train to retry (a restart from the last checkpoint would meet the
+        # same NaN): every rank stops here, and the driver raises it (the board carries the message).
         if rank == 0:
             (out_dir / "FAILED.txt").write_text(f"{exc}\n")
-        raise
+            beat(board, str(exc), failed=True)
+            log.close()
+        return
     if rank == 0:
         log.close()
 

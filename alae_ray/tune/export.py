@@ -23,7 +23,7 @@ import re
 
 import yaml
 
-from .objective import DIVERGED
+from ..train.objective import DIVERGED
 
 STATUS_ORDER = {"completed": 0, "stopped": 1, "diverged": 2, "error": 3}
 

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 
 from ..core.config import ConfigError
+from ..train.watchdog import PreflightError, cluster_can_grow
 from .sweep import SweepPlan, load_sweep, param_space, plan_sweep
 
 RESUME_MODES = ("auto", "always", "never")
@@ -30,17 +31,26 @@ RAY_ENV = {"RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S": "20"}
 log = logging.getLogger(__name__)
 
 
-def data_starvation_warning(plan: SweepPlan, cluster_cpus: float) -> str | None:
-    """A warning when the concurrent trials' Train workers would take every CPU: each trial's Ray
-    Data read/decode tasks need a CPU of their own, so such a sweep stalls (Ray Data stops it with
-    "no progress"). ``None`` when each trial keeps at least one CPU for its data."""
+def fit_concurrency(plan: SweepPlan, cluster_cpus: float, cluster_gpus: float, *, strict: bool) -> tuple[int, str | None]:
+    """(concurrent trials to run, warning or None). Each trial needs its Train workers' CPUs (and
+    GPUs), one CPU for its Ray Data read tasks and its own driver's; when the cluster cannot hold
+    ``search.max_concurrent_trials`` of them, fewer run at a time. ``strict`` (a cluster that cannot
+    grow): not even one fitting is a PreflightError."""
     t, n = plan.sweep.trial, plan.sweep.search.max_concurrent_trials
-    need = n * (t.workers * t.cpus_per_worker + t.driver_cpus + 1)
-    if cluster_cpus >= need:
-        return None
-    return (f"{n} concurrent trials x ({t.workers} workers x {t.cpus_per_worker:g} CPUs + 1 CPU for data) need "
-            f"{need:g} CPUs, the cluster has {cluster_cpus:g}: unless it autoscales, lower "
-            "search.max_concurrent_trials or trial.cpus_per_worker, or trials will wait on their data")
+    per_trial = t.workers * t.cpus_per_worker + t.driver_cpus + 1
+    fit = int(cluster_cpus // per_trial)
+    if t.gpu:
+        fit = min(fit, int(cluster_gpus // t.workers))
+    if fit >= n:
+        return n, None
+    what = (f"a trial needs {t.workers} worker(s) x {t.cpus_per_worker:g} CPU + 1 CPU for its data + "
+            f"{t.driver_cpus:g} for its driver = {per_trial:g} CPUs{f' and {t.workers} GPU(s)' if t.gpu else ''}; "
+            f"the cluster has {cluster_cpus:g} CPUs{f' and {cluster_gpus:g} GPUs' if t.gpu else ''}")
+    if fit < 1:
+        if strict:
+            raise PreflightError(f"{what}: not even one trial fits; lower trial.workers or trial.cpus_per_worker")
+        return n, f"{what}: waiting for the cluster to scale up (bounded by each trial's stall timeout)"
+    return fit, f"{what}: running {fit} trial(s) at a time instead of search.max_concurrent_trials = {n}"
 
 
 @dataclass
@@ -74,7 +84,8 @@ class _Store:
         import pyarrow.fs as pafs
 
         fs = self.fs or pafs.LocalFileSystem()
-        fs.create_dir(self.path, recursive=True)
+        if self.fs is None:  # S3 has no directories (and some S3 servers refuse directory markers)
+            fs.create_dir(self.path, recursive=True)
         target = f"{self.path}/{name}"
         if self.fs is None:  # local: temporary name, then rename
             tmp = f"{target}.tmp-{os.getpid()}"
@@ -108,17 +119,17 @@ def make_scheduler(plan: SweepPlan):
                          reduction_factor=s.scheduler.reduction_factor, stop_last_trials=False)
 
 
-def make_search(plan: SweepPlan):
+def make_search(plan: SweepPlan, concurrency: int):
     """(search_alg, max_concurrent_trials for TuneConfig): the basic generator limits concurrency
     itself (Tune ignores TuneConfig's limit for it); a Searcher gets Tune's ConcurrencyLimiter."""
     s = plan.sweep.search
     if s.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(seed=s.seed), s.max_concurrent_trials
+        return OptunaSearch(seed=s.seed), concurrency
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent_trials), None
+    return BasicVariantGenerator(random_state=s.seed, max_concurrent=concurrency), None
 
 
 def _check_data(plan: SweepPlan, data: str) -> None:
@@ -175,7 +186,9 @@ def run_sweep(opts: TuneOptions) -> dict:
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
                  runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}})
-    warning = data_starvation_warning(plan, ray.cluster_resources().get("CPU", 0.0))
+    total = ray.cluster_resources()
+    concurrency, warning = fit_concurrency(plan, total.get("CPU", 0.0), total.get("GPU", 0.0),
+                                           strict=not cluster_can_grow())
     if warning:
         log.warning(warning)
     s = plan.sweep
@@ -191,7 +204,7 @@ def run_sweep(opts: TuneOptions) -> dict:
         tuner = tune.Tuner.restore(exp, trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False, storage_filesystem=fs)
     else:
-        search_alg, max_concurrent = make_search(plan)
+        search_alg, max_concurrent = make_search(plan, concurrency)
         tuner = tune.Tuner(
             trainable, param_space=param_space(s),
             tune_config=tune.TuneConfig(metric="objective", mode=s.objective.mode, scheduler=make_scheduler(plan),

@@ -39,7 +39,7 @@ import yaml
 from ..core.config import (Config, ConfigError, ModelConfig, ScheduleConfig, TrainConfig, _build, _set_dotted,
                            from_dict, load_preset_dict)
 from ..core.schedule import stage_at
-from .objective import OBJECTIVES
+from ..train.objective import OBJECTIVES
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 ALGORITHMS = ("random", "optuna")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from .objective import DIVERGED
+from ..train.objective import DIVERGED
 
 
 class ReportToTune(TuneReportCallback):
@@ -82,7 +82,7 @@ def run_trial(config: dict, ctx: dict) -> None:
     from ray import tune
 
     from ..core.config import save_yaml
-    from ..train.run import build_trainer
+    from ..train.run import build_trainer, fit
 
     plan = ctx["plan"]
     trial_id = tune.get_context().get_trial_id()
@@ -98,7 +98,7 @@ def run_trial(config: dict, ctx: dict) -> None:
     opts.callbacks = [ReportToTune(plan.start_kimg)]
     trainer, info = build_trainer(opts)
     try:
-        trainer.fit()
+        fit(trainer, info, opts.stall_timeout_s)
     except Exception as exc:
         if not diverged(exc):
             raise

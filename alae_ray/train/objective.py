@@ -149,14 +149,16 @@ class Evaluator:
 
 def held_out_images(manifest, resolutions: list[int], count: int) -> dict[int, np.ndarray]:
     """The first ``count`` images of the test split (train if the test split is too small) at each
-    resolution: a fixed batch, read without loading whole levels."""
-    from ..data.reader import iter_level_batches
+    resolution: a fixed batch, read from the first shard(s) only."""
+    from ..data.reader import read_first_rows
 
     out = {}
     for res in resolutions:
         split = "test" if manifest.count(res, "test") >= min(count, 8) else "train"
-        batch = next(iter_level_batches(manifest, res, split, batch_size=count), None)
-        if batch is None:
+        images = read_first_rows(manifest, res, split, count)["image"]
+        if not len(images):
             raise ValueError(f"{manifest.uri}: no images at {res}px for the tuning objective")
-        out[res] = np.ascontiguousarray(batch["image"][:count])
+        out[res] = np.ascontiguousarray(images)
     return out
+
+
