@@ -74,7 +74,7 @@ def test_style_mixing_crossover_covers_every_style_input():
     stage = stage_at(TINY, 7.0)  # top level: S = 8
     seen = set()
     for _ in range(200):
-        ws, w = ph._styles(4, stage, mixing=True)
+        ws, w = ph._styles(ph._draws(4, stage, mixing=True), slice(0, 4), stage.level)
         same = (ws == w.unsqueeze(1)).all(dim=(0, 2))
         seen.add(int(same.sum()))  # style inputs before the crossover keep w
         assert same[:int(same.sum())].all()
