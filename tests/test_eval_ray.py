@@ -73,7 +73,9 @@ def test_distributed_and_single_process_fid_agree(ray_cluster, torch_home, tiny_
         assert fid_remote == pytest.approx(fid_local, rel=1e-4)
 
         # PPL and LPIPS chunks: the same draws on the actors as here.
-        kw = dict(n=10, space="w", sampling="full", eps=1e-4, batch=4, seed=3, crop=False)
+        # eps 1e-2, not PPL's 1e-4: PPL divides LPIPS by eps², which turns the float32 rounding of
+        # different thread counts (actors 1, here 2) into ~1e-4 relative at 1e-4; wrong draws differ by far more.
+        kw = dict(n=10, space="w", sampling="full", eps=1e-2, batch=4, seed=3, crop=False)
         assert remote.ppl(**kw).value == pytest.approx(local.ppl(**kw).value, rel=1e-4)
         np.testing.assert_allclose(remote.lpips_rec(real[:2]), local.lpips_rec(real[:2]), rtol=1e-4)
     finally:

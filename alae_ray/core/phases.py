@@ -229,7 +229,7 @@ class ALAEPhases:
             sums += torch.stack([loss_d, r1, real_score.mean(), fake_score.mean()]).detach()
         self._update_w_avg(w_sum, len(d.z))
         means = sums / len(parts)
-        self._flag(0, means[0] + means[1])
+        self._flag(0, means[0] + 0.5 * gamma * means[1])  # the objective E and D step on
         self._sync_grads([*m.E.parameters(), *m.D.parameters()])
         self.opt_ED.step()
         return dict(zip(("loss_d", "r1", "real_score", "fake_score"), means))
