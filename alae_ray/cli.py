@@ -45,18 +45,16 @@ def cmd_export(args) -> int:
     """An inference checkpoint: the EMA networks and the w average, no optimizer state or RNGs."""
     from pathlib import Path
 
-    from .core.checkpoint import find_checkpoint, is_checkpoint, read_checkpoint, write_checkpoint
+    from .core.checkpoint import find_checkpoint, is_checkpoint, read_networks, write_checkpoint
 
     src = find_checkpoint(args.checkpoint)
     out = Path(args.out)
     if out.exists() and not (args.force and is_checkpoint(out)):
         raise ValueError(f"--out {str(out)!r} already exists" + (" (use --force to replace that checkpoint)"
                                                                  if is_checkpoint(out) else ""))
-    cfg, tensors, progress = read_checkpoint(src, prefixes=("ema.",))
-    if not tensors:
-        cfg, tensors, progress = read_checkpoint(src, prefixes=("model.",))
-        tensors = {"ema." + k[len("model."):]: v for k, v in tensors.items()}
-    write_checkpoint(out, cfg, tensors, {**progress, "exported_from": str(src), "inference_only": True})
+    cfg, state, progress = read_networks(src)
+    write_checkpoint(out, cfg, {f"ema.{k}": v for k, v in state.items()},
+                     {**progress, "exported_from": str(src), "inference_only": True})
     size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
     print(f"exported {src} -> {out} ({cfg.name}, {size:.1f} MiB: the EMA networks and the w average)")
     return 0

@@ -95,14 +95,20 @@ def read_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
     return cfg, tensors, progress
 
 
+def read_networks(directory: str | Path, *, ema: bool = True,
+                  device: str | torch.device = "cpu") -> tuple[Config, dict[str, torch.Tensor], dict]:
+    """(config, one copy of the networks as a state dict, progress), reading no other tensor: the EMA
+    copy (by default; the training networks where a checkpoint has no EMA copy) or the training networks."""
+    for prefix in ("ema.", "model.") if ema else ("model.",):
+        cfg, tensors, progress = read_checkpoint(directory, device, prefixes=(prefix,))
+        if tensors:
+            break
+    return cfg, {k[len(prefix):]: v for k, v in tensors.items()}, progress
+
+
 def load_model(directory: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> tuple[ALAE, Config, dict]:
     """An inference model (the EMA copy by default) from a checkpoint directory; only its tensors are read."""
-    prefix = "ema." if ema else "model."
-    cfg, tensors, progress = read_checkpoint(directory, device, prefixes=(prefix,))
-    if not tensors and ema:  # a checkpoint without an EMA copy
-        prefix = "model."
-        cfg, tensors, progress = read_checkpoint(directory, device, prefixes=(prefix,))
-    state = {k[len(prefix):]: v for k, v in tensors.items()}
+    cfg, state, progress = read_networks(directory, ema=ema, device=device)
     model = ALAE(cfg.model)
     try:
         model.load_state_dict(state)
