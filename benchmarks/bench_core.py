@@ -1,11 +1,14 @@
 """Core training throughput: ms per full ALAE iteration (all three phases) and images/s per level.
 
 Runs the pure-PyTorch core (no Ray) on synthetic images, so it measures compute only. On CUDA it
-measures, in the same process, a plain fp32 eager variant (unfused Adam) and the fast variant
-(bf16 autocast, channels_last, fused Adam) and prints their ratio.
+measures, in the same process, the variants named by ``--variants`` and prints each one's ratio to
+the first: ``fp32`` (plain float32: no TF32, unfused Adam, NCHW), ``bf16`` (what the style presets
+use on CUDA: bf16 autocast, channels_last, fused Adam, TF32) and ``bf16+compile`` (that and
+``train.compile``). ``first s`` is the warm-up's first iteration, which includes compiling.
 
     python benchmarks/bench_core.py --preset tiny --levels 0 1 2 3
-    python benchmarks/bench_core.py --preset ffhq1024 --device cuda --levels 6 8 --batch 32
+    python benchmarks/bench_core.py --preset ffhq1024 --device cuda --levels 6 8 --batch 32 \
+        --variants fp32,bf16,bf16+compile
     python benchmarks/bench_core.py --preset celebahq256 --levels 2 --batch 32 --compare 834ff12
 
 ``--compare REV`` measures another commit's core (checked out into a temporary git worktree) and
@@ -34,6 +37,14 @@ from alae_ray.core.phases import ALAEPhases
 from alae_ray.core.schedule import Stage
 
 
+FAST = ["train.mixed_precision=true", "train.channels_last=true", "train.fused_adam=true", "train.tf32=true"]
+VARIANTS = {
+    "fp32": ["train.mixed_precision=false", "train.channels_last=false", "train.fused_adam=false", "train.tf32=false"],
+    "bf16": FAST,
+    "bf16+compile": FAST + ["train.compile=true"],
+}
+
+
 def measure(cfg, device: str, level: int, batch: int, warmup: int, iters: int) -> dict:
     phases = ALAEPhases(cfg, device)
     res = cfg.model.resolution(level) if cfg.model.kind == "style" else 0
@@ -42,8 +53,12 @@ def measure(cfg, device: str, level: int, batch: int, warmup: int, iters: int) -
     shape = (batch, cfg.model.channels, res, res) if res else (batch, cfg.model.mlp_input)
     x = (torch.rand(shape, device=device) * 2 - 1)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for _ in range(warmup):
+    start = time.perf_counter()
+    for i in range(warmup):
         phases.step(x, stage)
+        if i == 0:
+            sync()
+            first = time.perf_counter() - start
     sync()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -52,7 +67,8 @@ def measure(cfg, device: str, level: int, batch: int, warmup: int, iters: int) -
         phases.step(x, stage)
     sync()
     ms = (time.perf_counter() - start) / iters * 1000
-    out = {"level": level, "resolution": res, "batch": batch, "ms_per_iter": ms,
+    phases.check_finite()
+    out = {"level": level, "resolution": res, "batch": batch, "ms_per_iter": ms, "first_s": first,
            "images_per_s": batch / ms * 1000, "sec_per_kimg": ms / batch}
     if device.startswith("cuda"):
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -104,7 +120,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="batch per iteration (default: the preset's)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--variants", default=None, help="comma list of fp32,fast (default: both on CUDA, fp32 on CPU)")
+    ap.add_argument("--variants", default=None, help=f"comma list of {','.join(VARIANTS)} (default: fp32,bf16 on CUDA, "
+                    "fp32 on CPU)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--compare", metavar="REV", help="also measure git revision REV, alternating (see above)")
     ap.add_argument("--versus", metavar="KEY=VALUE", help="also measure this tree with one more override, alternating")
@@ -115,31 +132,31 @@ def main() -> None:
 
     base = load_config(args.preset, args.set)
     cuda = args.device.startswith("cuda")
-    variants = (args.variants or ("fp32,fast" if cuda else "fp32")).split(",")
+    variants = (args.variants or ("fp32,bf16" if cuda else "fp32")).split(",")
+    if unknown := set(variants) - set(VARIANTS):
+        ap.error(f"--variants: unknown {sorted(unknown)}; known: {', '.join(VARIANTS)}")
     levels = args.levels if args.levels is not None else list(range(base.model.num_levels))
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = False  # the baseline is plain fp32
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cudnn.benchmark = True
     machine = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"# bench_core preset={base.name} device={args.device} ({machine}) torch={torch.__version__}")
-    print(f"{'variant':>7} {'level':>5} {'res':>5} {'batch':>5} {'ms/iter':>9} {'img/s':>9} {'sec/kimg':>9} {'mem GiB':>8}")
+    print(f"{'variant':>12} {'level':>5} {'res':>5} {'batch':>5} {'ms/iter':>9} {'img/s':>9} {'sec/kimg':>9} "
+          f"{'mem GiB':>8} {'first s':>8}")
     rows = []
     for level in levels:
         res = base.model.resolution(level) if base.model.kind == "style" else 0
         batch = args.batch or int(base.schedule.table("batch", max(res, 4)))
         for v in variants:
-            fast = v == "fast"
-            cfg = load_config(args.preset, args.set + [f"train.mixed_precision={fast}", f"train.channels_last={fast}",
-                                                   f"train.fused_adam={fast}"])
+            cfg = load_config(args.preset, (VARIANTS[v] if cuda else []) + args.set)
             r = {"variant": v, **measure(cfg, args.device, level, batch, args.warmup, args.iters)}
             rows.append(r)
-            print(f"{v:>7} {level:>5} {res:>5} {batch:>5} {r['ms_per_iter']:>9.1f} {r['images_per_s']:>9.1f} "
-                  f"{r['sec_per_kimg']:>9.2f} {r.get('peak_mem_gib', float('nan')):>8.2f}", flush=True)
-        if len(variants) == 2:
-            a, b = rows[-2], rows[-1]
-            print(f"{'ratio':>7} {level:>5} {res:>5} {batch:>5}  {b['variant']}/{a['variant']} throughput = "
-                  f"{b['images_per_s'] / a['images_per_s']:.2f}x")
+            print(f"{v:>12} {level:>5} {res:>5} {batch:>5} {r['ms_per_iter']:>9.1f} {r['images_per_s']:>9.1f} "
+                  f"{r['sec_per_kimg']:>9.2f} {r.get('peak_mem_gib', float('nan')):>8.2f} {r['first_s']:>8.1f}", flush=True)
+            if cuda:
+                torch.compiler.reset()
+                torch.cuda.empty_cache()
+        base_row = rows[-len(variants)]
+        for r in rows[len(rows) - len(variants) + 1:]:
+            print(f"{'ratio':>12} {level:>5} {res:>5} {batch:>5}  {r['variant']}/{base_row['variant']} throughput = "
+                  f"{r['images_per_s'] / base_row['images_per_s']:.2f}x", flush=True)
     if args.json:
         import alae_ray
 

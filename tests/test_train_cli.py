@@ -48,6 +48,8 @@ def test_bad_arguments_fail_cleanly(tmp_path):
     assert out.returncode == 2 and "nope" in out.stderr and "Traceback" not in out.stderr
     out = alae_ray("train", "--workers", "3", cwd=tmp_path, env=env)  # 32 is not divisible by 3
     assert out.returncode == 2 and "divisible" in out.stderr
+    out = alae_ray("train", "--checkpoint-kimg", "0", cwd=tmp_path, env=env)
+    assert out.returncode == 2 and "--checkpoint-kimg must be > 0, got 0.0" in out.stderr
 
 
 def test_more_than_the_machine_is_refused_at_once(tmp_path):

@@ -247,3 +247,60 @@ def test_concurrency_fits_the_cluster():
     assert n == 2 and "scale up" in warning
     readme = plan_sweep(load_sweep(str(REPO / "tuning" / "tiny_r1_lr.yaml")))
     assert fit_concurrency(readme, 2.0, 0, strict=True)[0] == 1  # the README's sweep runs on 2 CPUs
+
+
+# --- population sweeps (pbt / pb2) -------------------------------------------------------------
+
+PBT = {**BASE, "search": {"num_samples": 4}, "scheduler": {"kind": "pbt", "interval_kimg": 0.064},
+       "space": {"train.r1_gamma": {"loguniform": [1.0, 30.0]}, "schedule.batch.8": {"choice": [16, 32]},
+                 "train.truncation_cutoff": {"randint": [2, 6]}}}
+
+
+def test_repository_population_sweeps_parse_and_perturb_at_level_boundaries():
+    tiny = plan_sweep(load_sweep(REPO / "tuning" / "tiny_pbt.yaml"))
+    assert tiny.sweep.scheduler.kind == "pbt" and tiny.sweep.search.num_samples == 4
+    assert tiny.perturbation_points() == [1.0, 2.0, 3.0]  # interval_kimg 0: 4x4, 8x8 and 16x16 each end
+    ffhq = plan_sweep(load_sweep(REPO / "tuning" / "ffhq1024_pbt.yaml"))
+    assert ffhq.sweep.trial.gpu and ffhq.perturbation_points()[:2] == [480.0, 960.0]
+    assert ffhq.perturbation_points()[-1] == ffhq.max_kimg
+
+
+def test_population_points_every_interval_end_at_the_trial_end():
+    plan = plan_sweep(parse_sweep({**PBT, "trial": {"kimg": 0.2}}, "s.yaml"))
+    assert plan.perturbation_points() == [0.064, 0.128, 0.192, 0.2]
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda d: d["space"].update({"model.latent_size": {"choice": [32, 64]}}), "space.model.latent_size"),
+    (lambda d: d["space"].update({"schedule.fade_kimg": {"uniform": [0.1, 1.0]}}), "space.schedule.fade_kimg"),
+    (lambda d: d["space"].update({"train.r1_gamma": {"grid": [1.0, 10.0]}}), "grid is not supported"),
+    (lambda d: d.update(search={"num_samples": 1}), "num_samples >= 2"),
+    (lambda d: d.update(scheduler={"kind": "pbt", "quantile": 0.75}), "scheduler.quantile"),
+    (lambda d: d.update(scheduler={"kind": "pbt", "resample_probability": 1.5}), "resample_probability"),
+    (lambda d: d.update(scheduler={"kind": "pb2"}), "space.schedule.batch.8: pb2 models continuous values only"),
+])
+def test_bad_population_sweeps_fail_at_once(tmp_path, capsys, mutate, needle):
+    data = json.loads(json.dumps(PBT))
+    mutate(data)
+    rc, err = tune_cli(capsys, "--sweep", write(tmp_path, data), "--check")
+    assert rc == 2 and needle in err, err
+
+
+def test_pbt_keeps_perturbed_values_in_the_declared_space():
+    """Tune's PBT multiplies continuous values by 0.8 or 1.2 without looking at the bounds."""
+    import random
+
+    from ray.tune.schedulers.pbt import _explore
+
+    from alae_ray.tune.runner import make_scheduler
+
+    plan = plan_sweep(parse_sweep(PBT, "s.yaml"))
+    pbt = make_scheduler(plan)
+    random.seed(0)
+    config = {"train.r1_gamma": 29.0, "schedule.batch.8": 32, "train.truncation_cutoff": 5}
+    for _ in range(200):
+        config, _ = _explore(config, pbt._hyperparam_mutations, pbt._resample_probability,
+                             pbt._perturbation_factors, pbt._custom_explore_fn)
+        assert 1.0 <= config["train.r1_gamma"] <= 30.0
+        assert config["schedule.batch.8"] in (16, 32)
+        assert config["train.truncation_cutoff"] in range(2, 6)

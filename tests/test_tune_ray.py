@@ -236,3 +236,109 @@ def test_the_readme_sweep_runs_on_this_machine(shapes32, tmp_path):
     assert len(rows) == 1 + 2
     if os.cpu_count() < 4:
         assert "running 1 trial(s) at a time instead of search.max_concurrent_trials = 2" in out.stderr
+
+
+# --- population-based training -------------------------------------------------------------------
+
+PBT_SPACE = {"schedule.lr": {"loguniform": [0.0005, 0.005]}, "train.r1_gamma": {"loguniform": [1.0, 30.0]},
+             "schedule.batch.8": {"choice": [16, 32]}}
+
+
+def _member_checkpoints(summary: dict) -> dict[str, Path]:
+    return {r["trial_id"]: Path(r["checkpoint"]) for r in summary["trials"]}
+
+
+@pytest.fixture(scope="module")
+def pbt_sweep(ray_local, shapes32, tmp_path_factory):
+    """A population of 4 on the tiny preset, 4x4 into 8x8 in three segments (two perturbation points
+    before the end), members in step (synch). Interrupted once its first members have reported, then
+    resumed to the end."""
+    tmp = tmp_path_factory.mktemp("pbt")
+    path = write_sweep(tmp / "pbt.yaml", name="pbt", space=PBT_SPACE,
+                       overrides={"schedule.stable_kimg": 0.064, "schedule.fade_kimg": 0.064},
+                       search={"num_samples": 4, "max_concurrent_trials": 1, "seed": 3},
+                       scheduler={"kind": "pbt", "interval_kimg": 0.064, "quantile": 0.25,
+                                  "resample_probability": 0.5, "synch": True},
+                       trial={"kimg": 0.192})
+    exp = tmp / "tune" / "pbt"
+    env = {**os.environ, "RAY_ADDRESS": ray_local, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    cmd = [sys.executable, "-m", "alae_ray.cli", "tune", "--sweep", path, "--storage", str(tmp / "tune"),
+           "--data", shapes32, "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while len(glob.glob(str(exp / "*" / "checkpoint_*"))) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]  # still running: a real interruption
+        reported = len(glob.glob(str(exp / "*" / "checkpoint_*")))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert reported >= 2, "no member reported within 300 s"
+    from alae_ray.tune.runner import TuneOptions, run_sweep
+
+    t0 = time.perf_counter()
+    out = run_sweep(TuneOptions(sweep=path, storage=str(tmp / "tune"), resume="always", verbose=0, shuffle_buffer=64))
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def test_pbt_sweep_resumes_and_every_member_finishes(pbt_sweep):
+    assert pbt_sweep["resumed"]
+    rows = pbt_sweep["trials"]
+    assert len(rows) == 4 and all(r["status"] == "completed" for r in rows), rows
+    assert all(r["kimg"] == pytest.approx(0.192, abs=0.032) for r in rows)
+    exp = Path(pbt_sweep["experiment"])
+    assert (exp / "population.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    schedule = json.loads((exp / "best_schedule.json").read_text())
+    assert schedule[0]["from_kimg"] == 0 and schedule[-1]["to_kimg"] == pytest.approx(pbt_sweep["best"]["kimg"])
+    assert all(a["to_kimg"] == b["from_kimg"] for a, b in zip(schedule, schedule[1:]))  # kimg by kimg, no gap
+    assert "| from kimg | to kimg | trained by |" in (exp / "best_schedule.md").read_text()
+
+
+def test_pbt_exploit_copies_the_donors_state_exactly(pbt_sweep):
+    """Synch PBT with a quantile of 1/4 re-seeds the worst member from the best at each point: a
+    member's checkpoint lineage then holds another member's segments, and the Train run that
+    continued from the donor's checkpoint loaded exactly its state and images seen."""
+    from alae_ray.core.checkpoint import read_checkpoint, state_digest
+
+    exp = Path(pbt_sweep["experiment"])
+    exploits = []
+    for trial_id, ckpt in _member_checkpoints(pbt_sweep).items():
+        schedule = json.loads((ckpt / "schedule.json").read_text())
+        for before, after in zip(schedule, schedule[1:]):
+            if before["trial_id"] != after["trial_id"]:
+                exploits.append((before, after))
+    assert exploits, "no member continued from another's checkpoint"
+    for donor, receiver in exploits:
+        runs = glob.glob(str(exp / "trials" / f"{receiver['trial_id']}-{round(receiver['from_kimg'] * 1000):09d}-*"))
+        started = [json.loads(Path(r, "artifacts", "started_from.json").read_text()) for r in runs]
+        copied = [s for s in started if donor["trial_id"] in s["checkpoint"]]
+        assert copied, (donor, receiver, started)
+        for s in copied:
+            _, tensors, progress = read_checkpoint(s["checkpoint"])
+            assert s["images_seen"] == progress["images_seen"] == round(donor["to_kimg"] * 1000)
+            assert s["state_sha256"] == state_digest(tensors)  # networks, EMA, Adam moments: bit for bit
+
+
+def test_pbt_values_stay_in_the_declared_space(pbt_sweep):
+    seen = []
+    for ckpt in _member_checkpoints(pbt_sweep).values():
+        seen += [seg["values"] for seg in json.loads((ckpt / "schedule.json").read_text())]
+    seen += [{k: r[k] for k in PBT_SPACE} for r in pbt_sweep["trials"]]
+    for v in seen:
+        assert 0.0005 <= v["schedule.lr"] <= 0.005 and 1.0 <= v["train.r1_gamma"] <= 30.0
+        assert v["schedule.batch.8"] in (16, 32)
+    assert len({json.dumps(v, sort_keys=True) for v in seen}) > 4  # some were perturbed, not only the first draws
+
+
+def test_pbt_preflight_refuses_a_population_that_cannot_train_here(ray_local, shapes32, tmp_path):
+    from alae_ray.train.watchdog import PreflightError
+
+    path = write_sweep(tmp_path / "big.yaml", name="big", space=PBT_SPACE, search={"num_samples": 4},
+                       scheduler={"kind": "pbt", "interval_kimg": 0.064}, trial={"kimg": 0.128, "cpus_per_worker": 8})
+    with pytest.raises(PreflightError, match="not even one trial fits"):
+        sweep(tmp_path, path, shapes32)
+    assert not (tmp_path / "tune" / "big" / "trials").exists()

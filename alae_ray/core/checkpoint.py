@@ -12,6 +12,7 @@ half-written checkpoint behind a final name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -93,6 +94,20 @@ def read_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"checkpoint {str(directory)!r}: unreadable {STATE_FILE}: {exc}") from None
     progress = json.loads((directory / PROGRESS_FILE).read_text())
     return cfg, tensors, progress
+
+
+TRAINING_STATE = ("model.", "ema.", "opt_ED.", "opt_FG.")
+
+
+def state_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the training state (networks, EMA, optimizer moments: not RNG states or samples),
+    name, dtype, shape and bytes: equal digests, equal states, bit for bit."""
+    h = hashlib.sha256()
+    for name in sorted(k for k in tensors if k.startswith(TRAINING_STATE)):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def read_networks(directory: str | Path, *, ema: bool = True,

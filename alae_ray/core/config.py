@@ -74,9 +74,12 @@ class TrainConfig:
     truncation_cutoff: int = 8  # Truncate only the first this-many style layers.
     noise: bool = True  # Per-pixel noise inputs of G.
     seed: int = 0  # Seed of every random stream (z, noise, data order, init).
-    mixed_precision: bool = False  # bf16 autocast (CUDA only; ignored on CPU).
-    channels_last: bool = False  # channels_last memory format (CUDA only).
-    fused_adam: bool = True  # Fused Adam kernel (CUDA only).
+    # CUDA only (ignored on the CPU); the style presets turn the first two on (BENCHMARKS.md).
+    mixed_precision: bool = False  # bf16 autocast; scores, losses and R1 stay float32.
+    channels_last: bool = False  # channels_last memory format.
+    fused_adam: bool = True  # Fused Adam kernel.
+    tf32: bool = True  # TF32 matrix products and convolutions where float32 remains.
+    compile: bool = False  # torch.compile F, G, E, D (recompiled per level; R1's pass stays eager).
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ class ALAE(nn.Module):
     @torch.no_grad()
     def update_w_avg(self, w: torch.Tensor, beta: float) -> None:
         """Move the running average towards the batch mean of w [N, L] (every row alike)."""
-        self.w_avg.lerp_(w.float().mean(0).expand_as(self.w_avg), 1.0 - beta)
+        self.w_avg.lerp_(w.to(self.w_avg.dtype).mean(0).expand_as(self.w_avg), 1.0 - beta)
 
     # --- the four maps -------------------------------------------------------------------------
 

@@ -28,6 +28,16 @@ G_INSTANCE_NORM_EPS = 1e-8
 E_INSTANCE_NORM_EPS = 1e-5  # torch's default, which the authors' encoder keeps
 
 
+def fading(alpha: float | torch.Tensor) -> bool:
+    """Whether the newest level is still blending in. ``alpha`` may be a 0-d tensor (compiled training
+    passes one, so that one graph serves every alpha of a fade-in); a tensor always means fading."""
+    return torch.is_tensor(alpha) or alpha < 1.0
+
+
+def _blend(old: torch.Tensor, new: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    return torch.lerp(old, new, alpha.to(new.dtype) if torch.is_tensor(alpha) else alpha)
+
+
 class MappingF(nn.Module):
     """F: z -> w: pixel norm, then ``num_layers`` x (linear, leaky ReLU), the last one included."""
 
@@ -179,13 +189,13 @@ class Generator(nn.Module):
         """
         x, prev = self.const, None  # [1, C, 4, 4]: broadcasts to the batch at the first style
         for lvl in range(level + 1):
-            if lvl == level and alpha < 1.0:
+            if lvl == level and fading(alpha):
                 prev = self.to_rgb[lvl - 1](x)
             images = noise_images[2 * lvl:2 * lvl + 2] if noise_images is not None else None
             x = self.blocks[lvl](x, ws[:, 2 * lvl], ws[:, 2 * lvl + 1], noise, images)
         img = self.to_rgb[level](x)  # [N, channels, 4 * 2**level, same]
         if prev is not None:
-            img = torch.lerp(F_.interpolate(prev, size=img.shape[-1]), img, alpha)
+            img = _blend(F_.interpolate(prev, size=img.shape[-1]), img, alpha)
         return img
 
 
@@ -235,11 +245,11 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor, level: int, alpha: float = 1.0) -> torch.Tensor:
         h, s1, s2 = self.blocks[level](self._from_rgb(x, level))
-        if alpha < 1.0:
+        if fading(alpha):
             # Fade-in: the new block's path blends with fromRGB of the 2x-downsampled image, and its
             # styles are weighted by alpha, so alpha = 0 is exactly the previous level's encoder.
             w = s1 * alpha + s2 * alpha
-            h = torch.lerp(self._from_rgb(F_.avg_pool2d(x, 2), level - 1), h, alpha)
+            h = _blend(self._from_rgb(F_.avg_pool2d(x, 2), level - 1), h, alpha)
         else:
             w = s1 + s2
         for lvl in range(level - 1, -1, -1):

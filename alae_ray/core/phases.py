@@ -57,6 +57,17 @@ PHASES = ("discriminator", "generator", "latent")
 LOSS_NAMES = ("loss_d", "loss_g", "loss_lae")
 
 
+@dataclass(frozen=True)
+class Nets:
+    """The four networks as the forward passes call them: the model's own, or torch.compile'd views
+    of them (same parameters)."""
+
+    F: torch.nn.Module
+    G: torch.nn.Module
+    E: torch.nn.Module
+    D: torch.nn.Module
+
+
 @dataclass
 class Draws:
     """One phase's latent draws, for this worker's part of the global batch."""
@@ -76,10 +87,28 @@ class ALAEPhases:
         self.model = ALAE(cfg.model).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            # Process-wide switches, set by the object that trains: fixed shapes per level make
+            # cuDNN's autotuning pay, and TF32 only touches what autocast leaves in float32.
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = t.tf32
+            torch.backends.cudnn.benchmark = True
         if self.cuda and t.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.amp = self.cuda and t.mixed_precision
         m = self.model
+        self.nets = Nets(m.F, m.G, m.E, m.D)
+        if t.compile:
+            # R1's double backward is not supported through compiled graphs: the reals' pass that
+            # R1 differentiates calls the eager E and D (self.model), every other pass these.
+            self.nets = Nets(*(torch.compile(net) for net in (m.F, m.G, m.E, m.D)))
+            # One level's graphs per network: with and without gradients for the parameters (phase
+            # II freezes E and D) and the input, fading and stable, and one more when alpha first
+            # varies (then a symbolic float). Above Dynamo's default limit of 8, which would silently
+            # fall back to eager; set_stage resets the count at each level.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+        # alpha as the compiled passes take it: a device tensor filled in place (no host sync), since a
+        # Python float would be specialised, one graph per value of a fade-in.
+        self._alpha_t = torch.ones((), device=self.device)
         adam = dict(lr=cfg.schedule.table("lr", cfg.schedule.start_resolution),
                     betas=(t.adam_beta1, t.adam_beta2), eps=1e-8, **({"fused": True} if self.cuda and t.fused_adam else {}))
         self.opt_ED = torch.optim.Adam([*m.E.parameters(), *m.D.parameters()], **adam)
@@ -105,6 +134,13 @@ class ALAEPhases:
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
 
+    def _alpha(self, stage: Stage) -> float | torch.Tensor:
+        """The fade-in weight for the networks: a float, or with ``train.compile`` while fading the
+        device tensor (see __init__)."""
+        if not self.cfg.train.compile or stage.alpha >= 1.0:
+            return stage.alpha
+        return self._alpha_t.fill_(stage.alpha)
+
     def _z(self, global_batch: int) -> torch.Tensor:
         z = torch.randn(global_batch, self.cfg.model.latent_size, device=self.device, generator=self.latent_rng)
         n = global_batch // self.shard.world_size
@@ -123,11 +159,11 @@ class ALAEPhases:
 
     def _styles(self, d: Draws, part: slice, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Style inputs [b, S, L] and the unmixed w [b, L] for one micro-batch of the draws."""
-        m = self.model
-        w = m.F(d.z[part])
-        ws = m.broadcast(w, level)
+        m, F = self.model, self.nets.F
+        w = F(d.z[part])
+        ws = m.broadcast(w, level).contiguous()  # the layout mix() returns: one compiled graph for both
         if d.crossover is not None:
-            ws = m.mix(ws, m.F(d.z2[part]), d.crossover)
+            ws = m.mix(ws, F(d.z2[part]), d.crossover)
         return ws, w
 
     def micro_batches(self, n: int) -> list[slice]:
@@ -189,11 +225,14 @@ class ALAEPhases:
     # --- schedule ------------------------------------------------------------------------------
 
     def set_stage(self, stage: Stage) -> None:
-        """Apply the stage's lr; on a level change reset both optimizers' state (authors' practice)."""
+        """Apply the stage's lr; on a level change reset both optimizers' state (authors' practice)
+        and, with ``train.compile``, drop the last level's graphs (each level compiles its own)."""
         if stage.level != self.level:
             if self.level is not None:
                 self.opt_ED.state.clear()
                 self.opt_FG.state.clear()
+                if self.cfg.train.compile:
+                    torch.compiler.reset()
             self.level = stage.level
         for opt in (self.opt_ED, self.opt_FG):
             for group in opt.param_groups:
@@ -206,23 +245,24 @@ class ALAEPhases:
 
     def discriminator_phase(self, x: torch.Tensor, stage: Stage) -> dict[str, torch.Tensor]:
         """Step I: update E and D to tell E(x) from E(G(F(z))), with R1 on reals."""
-        m, t = self.model, self.cfg.train
+        m, n, t = self.model, self.nets, self.cfg.train
         # Lazy R1 (StyleGAN2): every r1_interval-th iteration only, with gamma scaled to match.
         gamma = t.r1_gamma * t.r1_interval if self.iteration % t.r1_interval == 0 else 0.0
-        d = self._draws(stage.batch, stage, mixing=True)
+        d, a = self._draws(stage.batch, stage, mixing=True), self._alpha(stage)
         parts = self.micro_batches(len(d.z))
         self.opt_ED.zero_grad(set_to_none=True)
         sums, w_sum = torch.zeros(4, device=self.device), 0.0
         for part in parts:
             with torch.no_grad(), self._autocast():
                 ws, w = self._styles(d, part, stage.level)
-                x_fake = m.G(ws, stage.level, stage.alpha, t.noise)
+                x_fake = n.G(ws, stage.level, a, t.noise)
             w_sum = w_sum + w.float().sum(0)
             x_real = fade_reals(self._prepare(x[part]), stage.alpha).detach().requires_grad_(gamma > 0)
+            real = m if gamma > 0 else n  # R1 differentiates this pass twice: eager
             with self._autocast():
                 # Separate passes, as the authors': R1's double backward then runs through the reals only.
-                real_score = m.D(m.E(x_real, stage.level, stage.alpha)).float()
-                fake_score = m.D(m.E(x_fake.to(x_real.dtype), stage.level, stage.alpha)).float()
+                real_score = real.D(real.E(x_real, stage.level, a)).float()
+                fake_score = n.D(n.E(x_fake.to(x_real.dtype), stage.level, a)).float()
                 loss_d = losses.d_logistic_loss(real_score, fake_score)
             r1 = losses.r1_penalty(real_score, x_real) if gamma > 0 else torch.zeros((), device=self.device)
             ((loss_d + 0.5 * gamma * r1) / len(parts)).backward()
@@ -236,8 +276,8 @@ class ALAEPhases:
 
     def generator_phase(self, stage: Stage) -> dict[str, torch.Tensor]:
         """Step II: update F and G so that D(E(G(F(z)))) calls fakes real (non-saturating)."""
-        m = self.model
-        d = self._draws(stage.batch, stage, mixing=True)
+        m, n = self.model, self.nets
+        d, a = self._draws(stage.batch, stage, mixing=True), self._alpha(stage)
         parts = self.micro_batches(len(d.z))
         self.opt_FG.zero_grad(set_to_none=True)
         total, w_sum = torch.zeros((), device=self.device), 0.0
@@ -247,8 +287,7 @@ class ALAEPhases:
             for part in parts:
                 with self._autocast():
                     ws, w = self._styles(d, part, stage.level)
-                    fake_score = m.D(m.E(m.G(ws, stage.level, stage.alpha, self.cfg.train.noise),
-                                         stage.level, stage.alpha)).float()
+                    fake_score = n.D(n.E(n.G(ws, stage.level, a, self.cfg.train.noise), stage.level, a)).float()
                     loss_g = losses.g_nonsaturating_loss(fake_score)
                 (loss_g / len(parts)).backward()
                 total += loss_g.detach()
@@ -269,8 +308,8 @@ class ALAEPhases:
         As in the authors' code, w feeds G with its gradient and only the loss target is detached,
         so F is updated here too (Algorithm 1 lists E and G only).
         """
-        m = self.model
-        d = self._draws(stage.batch, stage, mixing=False)
+        m, n = self.model, self.nets
+        d, a = self._draws(stage.batch, stage, mixing=False), self._alpha(stage)
         parts = self.micro_batches(len(d.z))
         self.opt_ED.zero_grad(set_to_none=True)
         self.opt_FG.zero_grad(set_to_none=True)
@@ -278,7 +317,7 @@ class ALAEPhases:
         for part in parts:
             with self._autocast():
                 ws, w = self._styles(d, part, stage.level)
-                w_rec = m.E(m.G(ws, stage.level, stage.alpha, self.cfg.train.noise), stage.level, stage.alpha)
+                w_rec = n.E(n.G(ws, stage.level, a, self.cfg.train.noise), stage.level, a)
                 loss_lae = losses.latent_reciprocity_loss(w, w_rec)
             (loss_lae / len(parts)).backward()
             total += loss_lae.detach()

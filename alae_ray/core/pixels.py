@@ -6,6 +6,7 @@ networks and back goes through these two functions.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .config import ModelConfig
@@ -20,3 +21,23 @@ def to_uint8(x: torch.Tensor, m: ModelConfig) -> torch.Tensor:
     """The networks' images -> uint8, clipped; NaN becomes black."""
     x = torch.nan_to_num(x.float(), nan=m.pixel_min).clamp(m.pixel_min, m.pixel_max)
     return x.sub_(m.pixel_min).mul_(255.0 / (m.pixel_max - m.pixel_min)).round_().to(torch.uint8)
+
+
+def ingest(images: np.ndarray, ids: np.ndarray, epoch: int, m: ModelConfig, device: torch.device,
+           flip: bool) -> torch.Tensor:
+    """A stored batch (uint8 [n, C, R, R] and row ids) as the networks' input on ``device``.
+
+    uint8 crosses to the device (a quarter of float32's bytes; from pinned memory on a GPU, so the
+    copy does not wait); the flips, chosen per (row id, epoch) so that a resumed run flips alike,
+    and the scaling run there.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    if device.type == "cuda":
+        x = x.pin_memory()
+    x = x.to(device, non_blocking=True)
+    if flip:
+        ids = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(device, non_blocking=True)
+        mask = ((ids * 2654435761 + epoch * 40503) >> 11) & 1
+        x = torch.where(mask.bool().view(-1, 1, 1, 1), x.flip(-1), x)
+    x = from_uint8(x, m)
+    return x.flatten(1) if m.kind == "mlp" else x

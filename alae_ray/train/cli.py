@@ -51,7 +51,9 @@ def register(sub) -> None:
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--max-kimg", type=float, default=None, help="stop after this many thousand images")
     p.add_argument("--tick-kimg", type=float, default=0.5, help="report interval (kimg)")
-    p.add_argument("--checkpoint-kimg", type=float, default=2.0, help="checkpoint interval (kimg)")
+    p.add_argument("--checkpoint-kimg", type=float, default=None,
+                   help="checkpoint interval (kimg); default: every 2 kimg or more, spaced so that checkpoints "
+                        "stop training for under 2%% of its time")
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
     p.add_argument("--max-failures", type=int, default=None,
                    help="restarts from the latest checkpoint after a lost worker (default: 3 on a cluster, 0 on "

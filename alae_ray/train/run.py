@@ -41,7 +41,8 @@ class TrainOptions:
     gpu: bool = False  # One GPU per worker.
     max_kimg: float | None = None  # Stop after this many thousand images (default: the whole schedule).
     tick_kimg: float = 0.5  # Report interval.
-    checkpoint_kimg: float = 2.0  # Checkpoint interval.
+    checkpoint_kimg: float | None = None  # Checkpoint interval; None: every 2 kimg or more, spaced so
+    #                                       that checkpoints stop training for under 2% of its time.
     keep: int = 3  # Checkpoints kept.
     max_failures: int | None = None  # Worker-group restarts from the latest checkpoint (None: 3 on a
     #                                  cluster, 0 on a local Ray). A non-finite loss is never retried.
@@ -58,6 +59,7 @@ class TrainOptions:
     callbacks: list = field(default_factory=list)  # Ray Train callbacks (e.g. Tune's TuneReportCallback).
     init_checkpoint: str | None = None  # Start a new run from this checkpoint (local path or s3://);
     #                                     ignored once the run has checkpoints of its own (resume).
+    init_data_position: bool = False  # ... and from its data position (same dataset and batch: a population member).
     objective: dict | None = None  # Report a tuning objective every tick (see alae_ray.train.objective).
 
 
@@ -120,6 +122,9 @@ def plan(opts: TrainOptions) -> Plan:
                           f"({'; '.join(diff)})")
     if opts.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {opts.workers}")
+    for flag, kimg in (("--tick-kimg", opts.tick_kimg), ("--checkpoint-kimg", opts.checkpoint_kimg)):
+        if kimg is not None and not kimg > 0:
+            raise ConfigError(f"{flag} must be > 0, got {kimg}")
     for b in cfg.schedule.batch.values():  # fail now, naming the batch, rather than inside a worker
         micro_batch(per_worker_batch(b, opts.workers), cfg.train.batch_gpu)
     data = opts.data or embedded_dataset(cfg.model.max_resolution if cfg.model.kind == "style" else 32,
@@ -178,8 +183,8 @@ def build_trainer(opts: TrainOptions, p: Plan | None = None):
         "artifacts_dir": str(p.artifacts_dir), "artifacts_upload": p.upload, "fixed_reals": fixed,
         "console": opts.console, "data_resolution": resolutions[0] if cfg.model.kind == "mlp" else None,
         "threads": max(1, int(opts.cpus_per_worker)), "fail_at_kimg": opts.fail_at_kimg,
-        "init_checkpoint": opts.init_checkpoint, "objective": opts.objective, "held_out": held_out,
-        "board": board_name,
+        "init_checkpoint": opts.init_checkpoint, "init_data_position": opts.init_data_position,
+        "objective": opts.objective, "held_out": held_out, "board": board_name,
     }
     DataContext.get_current().enable_progress_bars = False  # one console line per tick instead
     trainer = TorchTrainer(

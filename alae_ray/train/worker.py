@@ -23,13 +23,14 @@ import torch.distributed as dist
 import ray.train
 import ray.train.torch
 
-from ..core.checkpoint import read_checkpoint, write_checkpoint
+from ..core.checkpoint import read_checkpoint, state_digest, write_checkpoint
 from ..core.config import ModelConfig, from_dict
 from ..core.loop import Tick, train
 from ..core.phases import ALAEPhases, NonFiniteLossError, Shard
-from ..core.pixels import from_uint8
+from ..core.pixels import from_uint8, ingest
 from ..core.schedule import Stage
 from ..data.ray_reader import dataset_key
+from .checkpoints import AUTO_BUDGET, AUTO_MIN_KIMG, CheckpointPacer
 from . import artifacts
 from .watchdog import beat
 
@@ -76,8 +77,9 @@ class ShardStream:
                 beat(self.board, f"rank {self.rank}: the first batch of epoch {self.epoch} of the {res}px data "
                                  f"(Ray Data's read tasks need a free CPU)")
                 self._open(n)
-                for _ in range(self._skip):
-                    next(self._it)
+                for _ in range(self._skip):  # to the saved position (the epoch may be shorter: another dataset)
+                    if next(self._it, None) is None:
+                        break
                 self._skip = 0
             batch = next(self._it, None)
             if batch is not None:
@@ -85,18 +87,7 @@ class ShardStream:
                 break
             self.epoch, self.batches, self._it = self.epoch + 1, 0, None
         self.batches += 1
-        # uint8 crosses to the device (a quarter of float32's bytes, from pinned memory on a GPU, without
-        # waiting); flips and scaling run there.
-        x = torch.from_numpy(np.ascontiguousarray(batch["image"]))  # uint8 [n, C, R, R]
-        if self.device.type == "cuda":
-            x = x.pin_memory()
-        x = x.to(self.device, non_blocking=True)
-        if self.flip:
-            ids = torch.from_numpy(np.asarray(batch["id"], dtype=np.int64)).to(self.device, non_blocking=True)
-            mask = ((ids * 2654435761 + self.epoch * 40503) >> 11) & 1  # per (row, epoch)
-            x = torch.where(mask.bool().view(-1, 1, 1, 1), x.flip(-1), x)
-        x = from_uint8(x, self.model)
-        return x.flatten(1) if self.model.kind == "mlp" else x
+        return ingest(batch["image"], batch["id"], self.epoch, self.model, self.device, self.flip)
 
 
 def _gather(obj) -> list:
@@ -146,7 +137,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and config.get("init_checkpoint"):  # a new run started from another run's checkpoint
-        _init_from(config["init_checkpoint"], phases, device, rank)
+        progress = _init_from(config["init_checkpoint"], phases, device, rank, out_dir)
+        if config.get("init_data_position") and "data" in progress:
+            stream.load_state_dict(progress["data"])
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             _, tensors, progress = read_checkpoint(Path(d), device)
@@ -169,8 +162,10 @@ def train_loop_per_worker(config: dict) -> None:
                          "host": socket.gethostname(), "pid": os.getpid(), "device": str(device)})
     if rank == 0:  # where each worker ran: for people debugging a cluster, and for the cluster test
         (out_dir / "workers.json").write_text(json.dumps(placement, indent=2))
-    every_ckpt = max(1, round(config["checkpoint_kimg"] * 1000))  # in images: exact arithmetic
-    next_ckpt = [(phases.images_seen // every_ckpt + 1) * every_ckpt]
+    fixed_kimg = config["checkpoint_kimg"]  # None: paced automatically
+    pacer = CheckpointPacer(max(1, round((fixed_kimg or AUTO_MIN_KIMG) * 1000)), phases.images_seen,
+                            None if fixed_kimg else AUTO_BUDGET)
+    since = [time.perf_counter(), phases.images_seen]  # when and where the last checkpoint ended
     max_kimg = config["max_kimg"]
     stop = round(max_kimg * 1000)
     fail_at = config.get("fail_at_kimg")  # for the fault-tolerance test: one crash, once per run
@@ -186,7 +181,8 @@ def train_loop_per_worker(config: dict) -> None:
             metrics.update(evaluator(phases.ema, s))
         if phases.cuda:
             metrics["gpu_mem_gib"] = torch.cuda.max_memory_allocated(phases.device) / 2**30
-        due = tick.images_seen >= next_ckpt[0] or tick.images_seen >= stop
+        due = pacer.due(tick.images_seen) or tick.images_seen >= stop
+        c0 = time.perf_counter()
         rng = _gather_rng(phases) if due else {}
         if rank == 0:
             log.write(metrics)
@@ -200,7 +196,6 @@ def train_loop_per_worker(config: dict) -> None:
                 if config.get("artifacts_upload"):
                     artifacts.upload(out_dir, config["artifacts_upload"])
         if due:
-            next_ckpt[0] = (tick.images_seen // every_ckpt + 1) * every_ckpt
             ckpt = None
             if rank == 0:  # written to local disk now, uploaded by Ray Train in the background
                 tensors = {**phases.tensors(), **rng, **{f"fixed.{k}": v for k, v in fixed.items()}}
@@ -210,6 +205,11 @@ def train_loop_per_worker(config: dict) -> None:
             # ASYNC: training goes on while the checkpoint uploads (the local copy is deleted after);
             # Ray Train waits for the last upload before the run ends.
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+            # Rank 0 stood still longest (samples, artifacts, the write): its figures pace every rank.
+            now = time.perf_counter()
+            per_image = (c0 - since[0]) / max(1, tick.images_seen - since[1])
+            pacer.next_at = _gather(pacer.checkpointed(tick.images_seen, now - c0, per_image))[0]
+            since[:] = [time.perf_counter(), tick.images_seen]
         else:
             ray.train.report(metrics)
         if fail_at is not None and tick.kimg >= fail_at and rank == world - 1 and not _marker(out_dir).exists():
@@ -231,9 +231,10 @@ def train_loop_per_worker(config: dict) -> None:
         log.close()
 
 
-def _init_from(uri: str, phases: ALAEPhases, device, rank: int) -> None:
+def _init_from(uri: str, phases: ALAEPhases, device, rank: int, out_dir: Path) -> dict:
     """Networks, EMA, optimizer moments and counters from a checkpoint of another run (per-level
-    tuning); the data stream starts afresh (its saved position is only valid for that run's batches)."""
+    tuning, population members); returns its progress, whose data position only the caller can
+    judge valid (the same dataset and batch)."""
     from ..data.storage import resolve
 
     loc = resolve(uri)
@@ -243,6 +244,11 @@ def _init_from(uri: str, phases: ALAEPhases, device, rank: int) -> None:
     _restore_rng(tensors, phases)
     if rank == 0:
         print(f"started from {uri} at {phases.kimg:.2f} kimg (iteration {phases.iteration})", flush=True)
+        # what was loaded, for provenance (and the population tests: an exploit copies exactly)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "started_from.json").write_text(json.dumps(
+            {"checkpoint": uri, "images_seen": phases.images_seen, "state_sha256": state_digest(phases.tensors())}))
+    return progress
 
 
 def _marker(out_dir: Path) -> Path:

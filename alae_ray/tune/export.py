@@ -6,7 +6,10 @@ Files in the experiment folder ``<storage>/<name>/``:
   last and the best objective, where its latest checkpoint is;
 * ``best_preset.yaml`` — the best trial's full config, loadable by ``load_config(path)`` and
   trainable by ``alae-ray train --preset path``;
-* ``best.json`` — the best trial's id, values, objective and checkpoint.
+* ``best.json`` — the best trial's id, values, objective and checkpoint;
+* population sweeps: ``best_schedule.json`` / ``.md`` — the values that made the best member's
+  networks, segment by segment (the donors' segments before an exploit included), and
+  ``population.png`` — every member's objective over kimg.
 
 Statuses: ``completed`` (trained ``trial.kimg``), ``stopped`` (stopped early by the scheduler),
 ``diverged`` (non-finite losses), ``error`` (the trial raised). The best trial is the completed one
@@ -20,6 +23,7 @@ import io
 import json
 import math
 import re
+from pathlib import Path
 
 import yaml
 
@@ -70,7 +74,8 @@ def trial_rows(results, plan) -> list[dict]:
             "trial_kimg": round(trial_kimg, 6), "kimg": _num(m.get("kimg")), "resolution": m.get("resolution"),
             "objective": objective,
             "best_objective": min((v for v in objs if v != DIVERGED), default=None),
-            "reports": len(objs), "checkpoint": m.get("checkpoint_path"),
+            "reports": len(objs),
+            "checkpoint": m.get("checkpoint_path") or (r.checkpoint.path if r.checkpoint is not None else None),
             "error": (str(r.error).splitlines() or [""])[0][:200] if r.error is not None else m.get("error"),
         })
     rows.sort(key=lambda row: (STATUS_ORDER[row["status"]],
@@ -124,3 +129,55 @@ def best_preset_text(plan, row: dict) -> str:
         header.append(f"# per-resolution sweep from {plan.sweep.start.checkpoint} at {plan.sweep.start.resolution}px; "
                       f"the best trial's checkpoint: {row.get('checkpoint')}")
     return "\n".join(header) + "\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+# --- population sweeps -----------------------------------------------------------------------------
+
+
+def population_schedule(results, trial_id: str) -> list[dict]:
+    """The schedule carried in ``trial_id``'s latest checkpoint: the values its networks were trained
+    with, segment by segment, whichever members trained them."""
+    from .trainable import SCHEDULE_FILE
+
+    for r in results:
+        if r.checkpoint is not None and (r.metrics or {}).get("trial_id") == trial_id:
+            with r.checkpoint.as_directory() as d:
+                return json.loads((Path(d) / SCHEDULE_FILE).read_text())
+    return []
+
+
+def schedule_markdown(schedule: list[dict], plan) -> str:
+    keys = [p.key for p in plan.sweep.space]
+    lines = [f"# The best member's schedule (sweep {plan.sweep.name})", "",
+             "| from kimg | to kimg | trained by | " + " | ".join(keys) + " | objective at the end |",
+             "|" + "---|" * (len(keys) + 4)]
+    for seg in schedule:
+        lines.append(f"| {seg['from_kimg']:g} | {seg['to_kimg']:g} | {seg['trial_id']} | "
+                     + " | ".join(_cell(seg["values"].get(k)) for k in keys) + f" | {_cell(_num(seg['objective']))} |")
+    return "\n".join(lines) + "\n"
+
+
+def population_plot(results, title: str) -> bytes:
+    """PNG: every member's objective over kimg (a jump back up after an exploit is the copy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for r in results:
+        df = r.metrics_dataframe
+        if df is None or "objective" not in df or "kimg" not in df:
+            continue
+        rows = [(k, o) for k, o in zip(df["kimg"], df["objective"]) if _num(o) is not None and o != DIVERGED]
+        if rows:
+            ax.plot(*zip(*rows), marker="o", label=str((r.metrics or {}).get("trial_id", "")))
+    ax.set_xlabel("kimg")
+    ax.set_ylabel("objective (lower is better)")
+    ax.set_title(f"population of {title}")
+    ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..core.config import ConfigError
 from ..train.watchdog import PreflightError, cluster_can_grow
-from .sweep import SweepPlan, load_sweep, param_space, plan_sweep
+from .sweep import POPULATION, SweepPlan, load_sweep, param_space, plan_sweep
 
 RESUME_MODES = ("auto", "always", "never")
 
@@ -81,25 +81,36 @@ class _Store:
             return None
 
     def write(self, name: str, text: str) -> str:
+        return self.write_bytes(name, text.encode())
+
+    def write_bytes(self, name: str, data: bytes) -> str:
         import pyarrow.fs as pafs
 
         fs = self.fs or pafs.LocalFileSystem()
-        if self.fs is None:  # S3 has no directories (and some S3 servers refuse directory markers)
-            fs.create_dir(self.path, recursive=True)
         target = f"{self.path}/{name}"
-        if self.fs is None:  # local: temporary name, then rename
+        if self.fs is None:  # local: temporary name, then rename (S3 has no directories, and writes whole objects)
+            fs.create_dir(self.path, recursive=True)
             tmp = f"{target}.tmp-{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.write(text)
+            with open(tmp, "wb") as f:
+                f.write(data)
             os.replace(tmp, target)
         else:
             with fs.open_output_stream(target) as f:
-                f.write(text.encode())
+                f.write(data)
         return target
 
 
 def _normalised(obj) -> object:
     return json.loads(json.dumps(obj, default=str, sort_keys=True))
+
+
+def _clip_to_space(bounds: dict, config: dict) -> dict:
+    """PBT multiplies continuous values by 0.8 or 1.2 and never looks at the bounds: keep them inside."""
+    for key, (kind, low, high) in bounds.items():
+        if key in config:
+            v = min(max(config[key], low), high)
+            config[key] = int(round(v)) if kind == "randint" else v
+    return config
 
 
 def make_scheduler(plan: SweepPlan):
@@ -108,6 +119,25 @@ def make_scheduler(plan: SweepPlan):
     s = plan.sweep
     if s.scheduler.kind == "fifo":
         return FIFOScheduler()
+    if s.scheduler.kind in ("pbt", "pb2"):
+        import functools
+
+        from .schedulers import LivePB2, LivePBT
+
+        sc = s.scheduler
+        # randint's upper bound is exclusive, as in Tune's own domain
+        bounds = {p.key: (p.kind, p.args[0], p.args[1] - (p.kind == "randint")) for p in s.space
+                  if p.kind in ("uniform", "loguniform", "randint")}
+        # Members report once per segment, "segment" counting the perturbation points reached (the
+        # same for a member and the donor it copied): every report is a perturbation point, also for
+        # synch PBT's arithmetic, which kimg (uneven levels, overshooting by part of a batch) is not.
+        common = dict(time_attr="segment", perturbation_interval=1, quantile_fraction=sc.quantile,
+                      synch=sc.synch, custom_explore_fn=functools.partial(_clip_to_space, bounds))
+        if sc.kind == "pb2":
+            return LivePB2(hyperparam_bounds={k: [lo, hi] for k, (_, lo, hi) in bounds.items()}, **common)
+        # choice: a list, which PBT moves to a neighbouring entry (a Domain would be multiplied)
+        mutations = {p.key: (list(p.args) if p.kind == "choice" else p.domain()) for p in s.space if p.kind != "value"}
+        return LivePBT(hyperparam_mutations=mutations, resample_probability=sc.resample_probability, **common)
     if s.scheduler.time_attr == "training_iteration":  # one iteration = one objective report
         per = s.objective.every_kimg
         grace, max_t = max(1, round(s.grace_kimg / per)), max(1, math.ceil(s.trial.kimg / per - 1e-9))
@@ -121,8 +151,13 @@ def make_scheduler(plan: SweepPlan):
 
 def make_search(plan: SweepPlan, concurrency: int):
     """(search_alg, max_concurrent_trials for TuneConfig): the basic generator limits concurrency
-    itself (Tune ignores TuneConfig's limit for it); a Searcher gets Tune's ConcurrencyLimiter."""
+    itself (Tune ignores TuneConfig's limit for it); a Searcher gets Tune's ConcurrencyLimiter. A
+    population starts every member at once (PBT compares them); ``Slots`` limits their training."""
     s = plan.sweep.search
+    if plan.sweep.scheduler.kind in POPULATION:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=s.seed), None
     if s.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
@@ -130,6 +165,14 @@ def make_search(plan: SweepPlan, concurrency: int):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     return BasicVariantGenerator(random_state=s.seed, max_concurrent=concurrency), None
+
+
+def slot_timeout(plan: SweepPlan) -> float:
+    """How long a member waits for its turn to train: every other member's segment once, at the
+    stall timeout each (what bounds one segment that makes no progress)."""
+    from ..train.run import TrainOptions
+
+    return plan.sweep.search.num_samples * TrainOptions.stall_timeout_s
 
 
 def _check_data(plan: SweepPlan, data: str) -> None:
@@ -194,6 +237,10 @@ def run_sweep(opts: TuneOptions) -> dict:
     s = plan.sweep
     ctx = {"plan": plan, "data": data, "trials_storage": f"{'s3://' if fs is not None else ''}{store.path}/trials",
            "shuffle_buffer": opts.shuffle_buffer}
+    if s.scheduler.kind in POPULATION:
+        from .trainable import Slots
+
+        ctx["slots"] = Slots.remote(concurrency)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"CPU": s.trial.driver_cpus})
     exp = store.path
     from .cleanup import orphan_cleaner, remove_orphaned_placement_groups
@@ -221,6 +268,13 @@ def run_sweep(opts: TuneOptions) -> dict:
     if best is not None:
         files["best_preset"] = store.write("best_preset.yaml", best_preset_text(plan, best))
         files["best_json"] = store.write("best.json", json.dumps(best, indent=2, default=str))
+    if s.scheduler.kind in POPULATION:
+        from .export import population_plot, population_schedule, schedule_markdown
+
+        if best is not None and (schedule := population_schedule(grid, best["trial_id"])):
+            files["best_schedule"] = store.write("best_schedule.json", json.dumps(schedule, indent=2))
+            files["best_schedule_md"] = store.write("best_schedule.md", schedule_markdown(schedule, plan))
+        files["population_plot"] = store.write_bytes("population.png", population_plot(grid, s.name))
     return {"name": name, "experiment": exp if fs is None else f"s3://{exp}", "resumed": resumed, "data": data,
             "trials": rows, "best": best, "files": files}
 

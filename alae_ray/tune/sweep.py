@@ -18,6 +18,10 @@ A sweep file has these top-level keys (unknown keys are errors naming the file a
       train.style_mixing_prob: {grid: [0.0, 0.9]}
     search: {algorithm: random, num_samples: 8, max_concurrent_trials: 2, seed: 0}
     scheduler: {kind: asha, grace_kimg: 50, reduction_factor: 2}
+    # or population-based training: every trial is a member that trains in segments of interval_kimg
+    # (0: one per level); at each segment's end the worst quantile continue from the best ones'
+    # checkpoints with perturbed values of the space (pb2: chosen by a GP bandit; needs GPy)
+    scheduler: {kind: pbt, interval_kimg: 100, quantile: 0.25, resample_probability: 0.25}
     objective: {kind: recon, every_kimg: 10, held_out: 64}
     trial: {kimg: 200, workers: 1, gpu: true, cpus_per_worker: 8}
 
@@ -43,7 +47,8 @@ from ..train.objective import OBJECTIVES
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 ALGORITHMS = ("random", "optuna")
-SCHEDULERS = ("asha", "fifo")
+SCHEDULERS = ("asha", "fifo", "pbt", "pb2")
+POPULATION = ("pbt", "pb2")
 TIME_ATTRS = ("trial_kimg", "training_iteration")
 TABLES = ("lr", "batch")
 
@@ -64,10 +69,14 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    kind: str = "asha"  # "asha" (early stopping) or "fifo" (every trial runs to the end).
+    kind: str = "asha"  # "asha" (early stopping), "fifo" (every trial to the end), "pbt" or "pb2" (population).
     time_attr: str = "trial_kimg"  # ASHA's clock: kimg trained in the trial, or "training_iteration" (reports).
     grace_kimg: float = 0.0  # First rung (in time_attr units); 0 = the objective's every_kimg.
     reduction_factor: float = 2.0  # Keep the best 1/reduction_factor at each rung.
+    interval_kimg: float = 0.0  # pbt/pb2: perturbation interval; 0 = at every level boundary.
+    quantile: float = 0.25  # pbt/pb2: the worst this share copy the best this share.
+    resample_probability: float = 0.25  # pbt: a perturbed value is drawn afresh with this probability.
+    synch: bool = False  # pbt/pb2: every member waits for the others at each perturbation point.
 
 
 @dataclass(frozen=True)
@@ -234,6 +243,8 @@ def _check_sections(s: Sweep) -> None:
         raise ConfigError(f"{p}: scheduler.time_attr must be one of {', '.join(TIME_ATTRS)}, got {s.scheduler.time_attr!r}")
     if s.scheduler.reduction_factor <= 1 or s.scheduler.grace_kimg < 0:
         raise ConfigError(f"{p}: scheduler.reduction_factor must be > 1 and scheduler.grace_kimg >= 0")
+    if s.scheduler.kind in POPULATION:
+        _check_population(s)
     o = s.objective
     if o.kind not in OBJECTIVES:
         raise ConfigError(f"{p}: objective.kind must be one of {', '.join(OBJECTIVES)}, got {o.kind!r}")
@@ -250,6 +261,32 @@ def _check_sections(s: Sweep) -> None:
         raise ConfigError(f"{p}: scheduler.grace_kimg {s.grace_kimg} exceeds trial.kimg {t.kimg}")
     if s.start is not None and not (s.start.checkpoint and s.start.resolution):
         raise ConfigError(f"{p}: start needs both checkpoint and resolution")
+
+
+def _check_population(s: Sweep) -> None:
+    p, sc = s.path, s.scheduler
+    if s.search.algorithm != "random":
+        raise ConfigError(f"{p}: scheduler.kind {sc.kind} draws the first population itself: use search.algorithm random")
+    if not 0 < sc.quantile <= 0.5 or not 0 <= sc.resample_probability <= 1 or sc.interval_kimg < 0:
+        raise ConfigError(f"{p}: scheduler.quantile must be in (0, 0.5], scheduler.resample_probability in [0, 1] "
+                          f"and scheduler.interval_kimg >= 0")
+    if s.search.num_samples < 2:
+        raise ConfigError(f"{p}: a population needs search.num_samples >= 2 members")
+    for q in s.space:
+        if not (q.key.startswith("train.") or q.key == "schedule.lr" or _table_key(q.key)):
+            raise ConfigError(f"{p}: space.{q.key}: a population changes values in mid-run, so it may tune train.*, "
+                              f"schedule.lr and schedule.lr/batch.RESOLUTION only (not the model or the level lengths)")
+        if q.kind == "grid":
+            raise ConfigError(f"{p}: space.{q.key}: grid is not supported by scheduler.kind {sc.kind} (use choice)")
+        if sc.kind == "pb2" and q.kind not in ("uniform", "loguniform", "randint", "value"):
+            raise ConfigError(f"{p}: space.{q.key}: pb2 models continuous values only (uniform, loguniform, randint)")
+    if sc.kind == "pb2":
+        try:
+            import GPy  # noqa: F401
+            import sklearn  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"{p}: scheduler.kind pb2 needs the GPy and scikit-learn packages "
+                              f"(pip install GPy scikit-learn)") from None
 
 
 def _check_fid(s: Sweep) -> None:
@@ -288,6 +325,17 @@ class SweepPlan:
     @property
     def max_kimg(self) -> float:
         return self.start_kimg + self.sweep.trial.kimg
+
+    def perturbation_points(self) -> list[float]:
+        """Population sweeps: the kimg at which members report and may be perturbed, the last one
+        ``max_kimg``. Every ``scheduler.interval_kimg``, or at each level boundary (a pure function
+        of kimg: the schedule does not depend on the values tuned, only on fade/stable lengths)."""
+        every, cfg = self.sweep.scheduler.interval_kimg, self.config({})
+        points, k = [], self.start_kimg
+        while k < self.max_kimg - 1e-9:
+            k = min(k + every if every else stage_at(cfg, k).level_end_kimg, self.max_kimg)
+            points.append(round(k, 6))
+        return points
 
     def config(self, params: Mapping[str, Any], name: str | None = None) -> Config:
         """The training config of one trial: base, fixed overrides, then the sampled values."""

@@ -7,14 +7,25 @@ after the trial id under ``<experiment>/trials``, so a trial re-run after the sw
 resumes its Train run from the latest checkpoint (Ray Train V2 resumes a run with the same name and
 storage). A trial whose losses turn non-finite ends with one last result whose objective is
 ``DIVERGED``: a bad trial, not a failed sweep.
+
+In a population sweep (``scheduler.kind`` pbt/pb2) a trial is a member (``run_member``): it trains in
+segments, one Train run each, up to each perturbation point, and reports there once, with a real
+Tune checkpoint (the Train checkpoint plus ``schedule.json``, the values that made it, kimg by kimg).
+Tune hands that checkpoint back when the member resumes, or another member's when it exploits; the
+next segment starts from it (networks, EMA, optimizers, w average, images seen, data position) with
+the member's current values. Segments take turns on the cluster through ``Slots``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import shutil
 import tempfile
 from pathlib import Path
+
+import ray
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -61,40 +72,51 @@ def _last_metrics(artifacts: str) -> dict:
         return {}
 
 
-def trial_options(plan, params: dict, trial_id: str, ctx: dict, preset_path: str):
-    """The TrainOptions of one trial (pure: used by the trainable and by tests)."""
+def trial_options(plan, params: dict, trial_id: str, ctx: dict, preset_path: str, *, max_kimg: float | None = None,
+                  init: str | None = None):
+    """The TrainOptions of one trial, or of one member's segment up to ``max_kimg`` from ``init``
+    (pure: used by the trainables and by tests)."""
     from ..train.run import TrainOptions
 
     s = plan.sweep
     o, t = s.objective, s.trial
     return TrainOptions(
         preset=preset_path, data=ctx["data"], storage=ctx["trials_storage"], name=trial_id,
-        workers=t.workers, gpu=t.gpu, cpus_per_worker=t.cpus_per_worker, max_kimg=plan.max_kimg,
+        workers=t.workers, gpu=t.gpu, cpus_per_worker=t.cpus_per_worker, max_kimg=max_kimg or plan.max_kimg,
         tick_kimg=o.every_kimg, checkpoint_kimg=t.checkpoint_kimg or o.every_kimg, keep=2,
         max_failures=t.max_failures, console=False, shuffle_buffer=ctx.get("shuffle_buffer", 2048),
-        init_checkpoint=s.start.checkpoint if s.start else None,
+        init_checkpoint=init or (s.start.checkpoint if s.start else None), init_data_position=init is not None,
         objective=dataclasses.asdict(o),
     )
+
+
+def _write_preset(plan, config: dict, name: str) -> str:
+    from ray import tune
+
+    from ..core.config import save_yaml
+
+    cfg = plan.config(config, name=name)
+    preset = Path(tempfile.mkdtemp(prefix=f"alae-tune-{name}-")) / "preset.yaml"
+    save_yaml(cfg, preset)
+    try:  # a copy beside Tune's own trial files, for people
+        save_yaml(cfg, Path(tune.get_context().get_trial_dir()) / "preset.yaml")
+    except OSError:
+        pass
+    return str(preset)
 
 
 def run_trial(config: dict, ctx: dict) -> None:
     """Tune entry point (wrapped in ``tune.with_parameters(run_trial, ctx=...)``)."""
     from ray import tune
 
-    from ..core.config import save_yaml
     from ..train.run import build_trainer, fit
 
     plan = ctx["plan"]
+    if ctx.get("slots"):
+        return run_member(config, ctx)
     trial_id = tune.get_context().get_trial_id()
-    cfg = plan.config(config, name=f"{plan.sweep.name}-{trial_id}")
-    folder = Path(tempfile.mkdtemp(prefix=f"alae-tune-{trial_id}-"))
-    preset = folder / "preset.yaml"
-    save_yaml(cfg, preset)
-    try:  # a copy beside Tune's own trial files, for people
-        save_yaml(cfg, Path(tune.get_context().get_trial_dir()) / "preset.yaml")
-    except OSError:
-        pass
-    opts = trial_options(plan, config, trial_id, ctx, str(preset))
+    preset = _write_preset(plan, config, f"{plan.sweep.name}-{trial_id}")
+    opts = trial_options(plan, config, trial_id, ctx, preset)
     opts.callbacks = [ReportToTune(plan.start_kimg)]
     trainer, info = build_trainer(opts)
     try:
@@ -106,3 +128,108 @@ def run_trial(config: dict, ctx: dict) -> None:
         kimg = float(last.get("kimg", plan.start_kimg))
         tune.report({"objective": DIVERGED, "objective_finite": False, "diverged": True, "kimg": kimg,
                      "trial_kimg": round(kimg - plan.start_kimg, 6), "error": str(exc).splitlines()[0][:300]})
+
+
+# --- population members --------------------------------------------------------------------------
+
+SCHEDULE_FILE = "schedule.json"
+
+
+@ray.remote(num_cpus=0)
+class Slots:
+    """At most ``n`` members' segments train at once (what the cluster holds; ``fit_concurrency``).
+
+    Tune sees a member as its driver's 0.01 CPU, so without this every member would start its Train
+    run at once and, on a small cluster, none would get a CPU for its data. A member holds a slot
+    for one segment and gives it back before it reports, so Tune pausing or re-seeding a member at
+    its report never strands one; a member that asks again (restarted) first returns any it held.
+    """
+
+    def __init__(self, n: int):
+        import asyncio
+
+        self.free = asyncio.Semaphore(n)
+        self.holders: set[str] = set()
+
+    async def acquire(self, holder: str) -> None:
+        self.release(holder)
+        await self.free.acquire()
+        self.holders.add(holder)
+
+    def release(self, holder: str) -> None:
+        if holder in self.holders:
+            self.holders.discard(holder)
+            self.free.release()
+
+
+def checkpoint_uri(ckpt) -> str:
+    """A Tune/Train checkpoint as the URI ``--init`` takes (local path or s3://)."""
+    import pyarrow.fs as pafs
+
+    return ckpt.path if isinstance(ckpt.filesystem, pafs.LocalFileSystem) else f"s3://{ckpt.path}"
+
+
+def _start_state(plan, start) -> tuple[str | None, float, list]:
+    """(init URI, kimg, schedule so far) of a member: from the checkpoint Tune hands it (its own on a
+    resume, another member's after an exploit), else the sweep's start."""
+    from ..core.checkpoint import PROGRESS_FILE
+
+    if start is None:
+        return (plan.sweep.start.checkpoint if plan.sweep.start else None), plan.start_kimg, []
+    with start.as_directory() as d:
+        history = json.loads((Path(d) / SCHEDULE_FILE).read_text())
+        kimg = json.loads((Path(d) / PROGRESS_FILE).read_text())["images_seen"] / 1000.0
+    return checkpoint_uri(start), kimg, history
+
+
+def run_member(config: dict, ctx: dict) -> None:
+    """A population member: segments up to each perturbation point (see the module doc)."""
+    from ray import tune
+
+    from ..train.run import build_trainer, fit
+    from .runner import slot_timeout
+
+    plan, slots = ctx["plan"], ctx["slots"]
+    trial_id = tune.get_context().get_trial_id()
+    init, kimg, history = _start_state(plan, tune.get_checkpoint())
+    values = {p.key: config[p.key] for p in plan.sweep.space}
+    for segment, point in enumerate(plan.perturbation_points(), 1):
+        if point <= kimg + 1e-9:
+            continue
+        # One Train run per segment, named by where it starts and with what: a re-run of the same
+        # segment (an interrupted sweep) resumes it, a new start (an exploit) is a new run.
+        key = hashlib.sha256(json.dumps([init, values, point], sort_keys=True, default=str).encode()).hexdigest()[:8]
+        name = f"{trial_id}-{round(kimg * 1000):09d}-{key}"
+        opts = trial_options(plan, config, name, ctx, _write_preset(plan, config, name), max_kimg=point, init=init)
+        trainer, info = build_trainer(opts)
+        ray.get(slots.acquire.remote(trial_id), timeout=slot_timeout(plan))
+        failure = None
+        try:
+            result = fit(trainer, info, opts.stall_timeout_s)
+        except Exception as exc:
+            if not diverged(exc):
+                raise
+            failure = exc
+        finally:
+            ray.get(slots.release.remote(trial_id), timeout=60)
+        if failure is not None:
+            k = float(_last_metrics(info["artifacts"]).get("kimg", kimg))
+            tune.report({"objective": DIVERGED, "objective_finite": False, "diverged": True, "kimg": k,
+                         "trial_kimg": round(k - plan.start_kimg, 6), "segment": segment,
+                         "error": str(failure).splitlines()[0][:300]})
+            return
+        m = dict(result.metrics or {})
+        history = history + [{"trial_id": trial_id, "from_kimg": kimg, "to_kimg": m["kimg"], "values": values,
+                              "objective": m.get("objective")}]
+        kimg, init = float(m["kimg"]), checkpoint_uri(result.checkpoint)
+        folder = Path(tempfile.mkdtemp(prefix=f"alae-member-{trial_id}-"))
+        try:
+            with result.checkpoint.as_directory() as d:
+                shutil.copytree(d, folder, dirs_exist_ok=True)
+            (folder / SCHEDULE_FILE).write_text(json.dumps(history, indent=1))
+            # Tune copies the checkpoint into the trial's storage before report returns.
+            tune.report({**{k: v for k, v in m.items() if isinstance(v, (int, float, str, bool))},
+                         "trial_kimg": round(kimg - plan.start_kimg, 6), "segment": segment, "train_run": name},
+                        checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
