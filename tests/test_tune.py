@@ -247,6 +247,8 @@ def test_concurrency_fits_the_cluster():
     assert n == 2 and "scale up" in warning
     readme = plan_sweep(load_sweep(str(REPO / "tuning" / "tiny_r1_lr.yaml")))
     assert fit_concurrency(readme, 2.0, 0, strict=True)[0] == 1  # the README's sweep runs on 2 CPUs
+    population = plan_sweep(load_sweep(str(REPO / "tuning" / "tiny_pbt.yaml")))
+    assert fit_concurrency(population, 2.0, 0, strict=True)[0] == 1  # so does its population: one segment at a time
 
 
 # --- population sweeps (pbt / pb2) -------------------------------------------------------------
