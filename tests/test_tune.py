@@ -194,7 +194,8 @@ def fake_result(trial_id, lr, objs, kimgs, error=None, diverged=False):
         last["diverged"] = True
     return SimpleNamespace(metrics=last if objs else {}, config={"schedule.lr": lr, "train.r1_gamma": 5.0},
                            metrics_dataframe=pd.DataFrame({"objective": objs}) if objs else None,
-                           error=error, path=f"/x/run_trial_{trial_id * 5}_0000{ord(trial_id) - 97}_1_schedule_lr={lr}_2026-11-20")
+                           error=error, checkpoint=None,  # a Tune Result's, None for trials reporting paths only
+                           path=f"/x/run_trial_{trial_id * 5}_0000{ord(trial_id) - 97}_1_schedule_lr={lr}_2026-11-20")
 
 
 def test_exports_table_and_best_preset(tmp_path):
