@@ -65,21 +65,15 @@ def run(ds, res: int, batch: int, device: torch.device, mode: str, busy_ms: floa
     n, t0 = 0, time.perf_counter()
     for epoch in range(epochs):
         batches = iter_level_batches(ds, res, batch_size=batch, seed=epoch, drop_last=True)
-        if mode == "pinned+prefetch":
-            for b in prefetched(batches, 2):
+        for b in (prefetched(batches, 2) if mode == "pinned+prefetch" else batches):
+            if mode == "pinned+prefetch":
                 x = ingest(b["image"], b["id"], epoch, model, device, flip=True)
-                n += len(x)
-                if busy_ms:
-                    for _ in range(max(1, round(busy_ms / per_matmul))):
-                        work @ work
-        else:
-            for b in batches:
+            else:
                 x = torch.from_numpy(np.ascontiguousarray(b["image"])).float().div_(127.5).sub_(1.0)
                 x = torch.where(torch.rand(len(x), 1, 1, 1) < 0.5, x.flip(-1), x).to(device)
-                n += len(x)
-                if busy_ms:
-                    for _ in range(max(1, round(busy_ms / per_matmul))):
-                        work @ work
+            n += len(x)
+            for _ in range(max(1, round(busy_ms / per_matmul)) if busy_ms else 0):  # the training step's GPU work
+                work @ work
     torch.cuda.synchronize() if device.type == "cuda" else None
     return n / (time.perf_counter() - t0)
 

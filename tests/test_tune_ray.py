@@ -183,26 +183,31 @@ def _terminated(exp: Path) -> list[str]:
     return [t["trial_id"] for t in trials if t["status"] == "TERMINATED"]
 
 
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, shapes32, tmp_path):
-    path = write_sweep(tmp_path / "resume.yaml", name="resume", space={"schedule.lr": {"grid": [0.002, 0.001, 0.0015]}},
-                       scheduler={"kind": "fifo"}, trial={"kimg": 0.192})
-    exp = tmp_path / "tune" / "resume"
-    env = {**os.environ, "RAY_ADDRESS": ray_local, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    cmd = [sys.executable, "-m", "alae_ray.cli", "tune", "--sweep", path, "--storage", str(tmp_path / "tune"),
-           "--data", shapes32, "--quiet"]
+def interrupt_sweep(path: str, storage: Path, data: str, ray_address: str, until, timeout_s: float) -> None:
+    """Run `alae-ray tune` in a subprocess until ``until()`` holds or ``timeout_s`` passes, then kill it
+    and its process group (SIGKILL): a real interruption, so the sweep must still be running then."""
+    env = {**os.environ, "RAY_ADDRESS": ray_address, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    cmd = [sys.executable, "-m", "alae_ray.cli", "tune", "--sweep", path, "--storage", str(storage), "--data", data,
+           "--quiet"]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
-        deadline = time.time() + 240
-        while not _terminated(exp) and time.time() < deadline and proc.poll() is None:
+        deadline = time.time() + timeout_s
+        while not until() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.5)
-        done_before = _terminated(exp)
         assert proc.poll() is None, proc.stderr.read()[-3000:]  # still running: a real interruption
-        os.killpg(proc.pid, signal.SIGKILL)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, shapes32, tmp_path):
+    path = write_sweep(tmp_path / "resume.yaml", name="resume", space={"schedule.lr": {"grid": [0.002, 0.001, 0.0015]}},
+                       scheduler={"kind": "fifo"}, trial={"kimg": 0.192})
+    exp = tmp_path / "tune" / "resume"
+    interrupt_sweep(path, tmp_path / "tune", shapes32, ray_local, until=lambda: _terminated(exp), timeout_s=240)
+    done_before = _terminated(exp)  # the killed driver wrote no state after this
     assert 1 <= len(done_before) < 3, done_before
     finished = {t: (exp / "trials" / t / "artifacts" / "metrics.jsonl").read_text() for t in done_before}
 
@@ -261,22 +266,12 @@ def pbt_sweep(ray_local, shapes32, tmp_path_factory):
                                   "resample_probability": 0.5, "synch": True},
                        trial={"kimg": 0.192})
     exp = tmp / "tune" / "pbt"
-    env = {**os.environ, "RAY_ADDRESS": ray_local, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    cmd = [sys.executable, "-m", "alae_ray.cli", "tune", "--sweep", path, "--storage", str(tmp / "tune"),
-           "--data", shapes32, "--quiet"]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while len(glob.glob(str(exp / "*" / "checkpoint_*"))) < 2 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-        assert proc.poll() is None, proc.stderr.read()[-3000:]  # still running: a real interruption
-        reported = len(glob.glob(str(exp / "*" / "checkpoint_*")))
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert reported >= 2, "no member reported within 300 s"
+
+    def reported() -> int:
+        return len(glob.glob(str(exp / "*" / "checkpoint_*")))
+
+    interrupt_sweep(path, tmp / "tune", shapes32, ray_local, until=lambda: reported() >= 2, timeout_s=300)
+    assert reported() >= 2, "no member reported within 300 s"
     from alae_ray.tune.runner import TuneOptions, run_sweep
 
     t0 = time.perf_counter()

@@ -63,6 +63,14 @@ def diverged(exc: BaseException) -> bool:
     return False
 
 
+def diverged_result(exc: BaseException, artifacts: str, plan, kimg: float) -> dict:
+    """The last result of a trial whose losses turned non-finite: the worst objective, at the kimg its
+    metrics log last reached (``kimg`` if it has none)."""
+    k = float(_last_metrics(artifacts).get("kimg", kimg))
+    return {"objective": DIVERGED, "objective_finite": False, "diverged": True, "kimg": k,
+            "trial_kimg": round(k - plan.start_kimg, 6), "error": str(exc).splitlines()[0][:300]}
+
+
 def _last_metrics(artifacts: str) -> dict:
     path = Path(artifacts) / "metrics.jsonl"
     try:
@@ -124,10 +132,7 @@ def run_trial(config: dict, ctx: dict) -> None:
     except Exception as exc:
         if not diverged(exc):
             raise
-        last = _last_metrics(info["artifacts"])
-        kimg = float(last.get("kimg", plan.start_kimg))
-        tune.report({"objective": DIVERGED, "objective_finite": False, "diverged": True, "kimg": kimg,
-                     "trial_kimg": round(kimg - plan.start_kimg, 6), "error": str(exc).splitlines()[0][:300]})
+        tune.report(diverged_result(exc, info["artifacts"], plan, plan.start_kimg))
 
 
 # --- population members --------------------------------------------------------------------------
@@ -213,10 +218,7 @@ def run_member(config: dict, ctx: dict) -> None:
         finally:
             ray.get(slots.release.remote(trial_id), timeout=60)
         if failure is not None:
-            k = float(_last_metrics(info["artifacts"]).get("kimg", kimg))
-            tune.report({"objective": DIVERGED, "objective_finite": False, "diverged": True, "kimg": k,
-                         "trial_kimg": round(k - plan.start_kimg, 6), "segment": segment,
-                         "error": str(failure).splitlines()[0][:300]})
+            tune.report({**diverged_result(failure, info["artifacts"], plan, kimg), "segment": segment})
             return
         m = dict(result.metrics or {})
         history = history + [{"trial_id": trial_id, "from_kimg": kimg, "to_kimg": m["kimg"], "values": values,
