@@ -38,7 +38,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .core.checkpoint import CheckpointError, find_checkpoint, load_model
+from .core.checkpoint import CheckpointError, load_model
 from .core.bands import BANDS, band_layers
 from .core.config import Config, ModelConfig
 from .core.model import ALAE
@@ -85,13 +85,15 @@ def load(checkpoint: str | os.PathLike, *, device: str | torch.device = "auto", 
     """An inference model from a checkpoint directory, a run directory (its newest checkpoint) or an
     ``s3://`` URI of either. ``level`` defaults to the top level; ``ema=False`` loads the raw
     training networks instead of their moving average."""
+    from .train.checkpoints import locate_checkpoint
+
     dev = pick_device(device)
-    uri = str(checkpoint)
+    uri = locate_checkpoint(str(checkpoint))  # of an s3:// run directory, only the newest is downloaded
     with local_checkpoint(uri) as path:
         if not path.is_dir():
             raise CheckpointError(f"checkpoint {uri!r} not found")
         try:
-            network, cfg, progress = load_model(find_checkpoint(path), ema=ema, device=dev)
+            network, cfg, progress = load_model(path, ema=ema, device=dev)
         except CheckpointError as exc:  # name what the user gave, not a temporary download
             raise CheckpointError(str(exc).replace(str(path), uri)) from None
     return Model(network, cfg, progress, level=level, name=uri)

@@ -45,14 +45,17 @@ def cmd_export(args) -> int:
     """An inference checkpoint: the EMA networks and the w average, no optimizer state or RNGs."""
     from pathlib import Path
 
-    from .core.checkpoint import find_checkpoint, is_checkpoint, read_networks, write_checkpoint
+    from .api import local_checkpoint
+    from .core.checkpoint import is_checkpoint, read_networks, write_checkpoint
+    from .train.checkpoints import locate_checkpoint
 
-    src = find_checkpoint(args.checkpoint)
     out = Path(args.out)
     if out.exists() and not (args.force and is_checkpoint(out)):
         raise ValueError(f"--out {str(out)!r} already exists" + (" (use --force to replace that checkpoint)"
                                                                  if is_checkpoint(out) else ""))
-    cfg, state, progress = read_networks(src)
+    src = locate_checkpoint(args.checkpoint)
+    with local_checkpoint(src) as path:
+        cfg, state, progress = read_networks(path)
     write_checkpoint(out, cfg, {f"ema.{k}": v for k, v in state.items()},
                      {**progress, "exported_from": str(src), "inference_only": True})
     size = sum(p.stat().st_size for p in out.iterdir()) / 2**20

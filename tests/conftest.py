@@ -154,6 +154,12 @@ def rclone_bucket(rclone_s3, monkeypatch) -> str:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rclone_s3["secret"])
     monkeypatch.setenv("AWS_ENDPOINT_URL", rclone_s3["endpoint"])
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    import pyarrow.fs as pafs
+
     name = f"rc-{uuid.uuid4().hex[:12]}"
-    (rclone_s3["root"] / name).mkdir()  # rclone's buckets are its root's folders
+    # Through the S3 API: rclone caches its root's listing, so a folder made beside it stays unseen
+    fs = pafs.S3FileSystem(access_key=rclone_s3["key"], secret_key=rclone_s3["secret"], region="us-east-1",
+                           endpoint_override=rclone_s3["endpoint"].split("://", 1)[1], scheme="http",
+                           allow_bucket_creation=True)
+    fs.create_dir(name)
     return f"s3://{name}"

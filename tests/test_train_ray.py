@@ -23,7 +23,7 @@ def ray_local(s3_server):
     import ray
 
     # Started after the S3 fixture so the workers inherit the loopback endpoint and credentials.
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     yield
     ray.shutdown()
 

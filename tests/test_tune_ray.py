@@ -31,7 +31,9 @@ def ray_local():
 
     from alae_ray.tune.runner import RAY_ENV
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
+    # with its dashboard, as the commands start it: Train cleans up after stopped trials through it
+    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+             runtime_env={"env_vars": RAY_ENV})
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

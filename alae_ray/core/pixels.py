@@ -6,6 +6,8 @@ networks and back goes through these two functions.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -31,7 +33,9 @@ def ingest(images: np.ndarray, ids: np.ndarray, epoch: int, m: ModelConfig, devi
     copy does not wait); the flips, chosen per (row id, epoch) so that a resumed run flips alike,
     and the scaling run there.
     """
-    x = torch.from_numpy(np.ascontiguousarray(images))
+    with warnings.catch_warnings():  # Ray Data's batches are read-only Arrow memory; x is never written
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        x = torch.from_numpy(np.ascontiguousarray(images))
     if device.type == "cuda":
         x = x.pin_memory()
     x = x.to(device, non_blocking=True)

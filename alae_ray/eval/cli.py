@@ -96,7 +96,7 @@ def _mnist_rows(args, im) -> list[dict]:
 def cmd_eval(args) -> int:
     import torch
 
-    from ..core.checkpoint import find_checkpoint
+    from ..train.checkpoints import locate_checkpoint
     from .metrics import METRICS, EvalOptions, LocalRunner
     from .sampling import open_image_model
 
@@ -109,10 +109,7 @@ def cmd_eval(args) -> int:
             raise ValueError(f"--ppl-sampling: {s!r} is not 'full' or 'end'")
     if min(args.num_samples, args.num_real, args.batch) < 1:
         raise ValueError("--num-samples, --num-real and --batch must be positive")
-    given = args.checkpoint[len("file://"):] if args.checkpoint.startswith("file://") else args.checkpoint
-    args.checkpoint = str(find_checkpoint(given))  # a run directory: its newest checkpoint
-    if args.checkpoint != given:
-        print(f"alae-ray eval: --checkpoint {given}: using its newest checkpoint {args.checkpoint}", file=sys.stderr)
+    args.checkpoint = locate_checkpoint(args.checkpoint, "alae-ray eval: --checkpoint")
     im = open_image_model(args.checkpoint, level=args.level, ema=not args.no_ema, device=args.device)
     opts = EvalOptions(data=args.data, split=args.split, num_samples=args.num_samples, num_real=args.num_real,
                        batch=args.batch, seed=args.seed, psi=args.psi, eps=args.eps, ppl_sampling=sampling,

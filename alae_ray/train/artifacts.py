@@ -55,10 +55,14 @@ def sample_grids(model, level: int, alpha: float, z: torch.Tensor, reals: torch.
             save_grid(pairs, out_dir / f"reconstructions_{tag}.png", nrow=n)]
 
 
-def console_line(metrics: dict) -> str:
-    """One tick as a person reads it."""
+def console_line(metrics: dict, max_kimg: float | None = None, bar: int = 10) -> str:
+    """One tick as a person reads it; with ``max_kimg``, a bar of the run's progress in kimg."""
     losses = " ".join(f"{k}={metrics[k]:.4f}" for k in LOSS_KEYS if k in metrics)
-    return (f"kimg {metrics['kimg']:8.2f}  {metrics['resolution']:>4}px a={metrics['alpha']:.2f}  {losses}  "
+    progress = ""
+    if max_kimg:
+        done = min(1.0, metrics["kimg"] / max_kimg)
+        progress = f" of {max_kimg:g} [{'#' * int(done * bar):.<{bar}}] {int(done * 100):3d}%"
+    return (f"kimg {metrics['kimg']:8.2f}{progress}  {metrics['resolution']:>4}px a={metrics['alpha']:.2f}  {losses}  "
             f"lr={metrics['lr']:.4g}  {metrics['sec_per_kimg']:.2f} s/kimg  {metrics['images_per_sec']:.0f} img/s")
 
 

@@ -1,12 +1,14 @@
-"""Checking a start checkpoint (local path, ``file://`` or ``s3://``) without loading its tensors, and
-when a run checkpoints."""
+"""Finding and checking a checkpoint (local path, ``file://`` or ``s3://``) without loading its tensors,
+and when a run checkpoints."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
-from ..core.checkpoint import CONFIG_FILE, PROGRESS_FILE, STATE_FILE, CheckpointError
+from ..core.checkpoint import CONFIG_FILE, PROGRESS_FILE, STATE_FILE, CheckpointError, find_checkpoint
 from ..core.config import Config, ConfigError, from_dict
 
 
@@ -23,7 +25,7 @@ def checkpoint_info(uri: str) -> tuple[Config, dict]:
     except (DatasetError, OSError) as exc:
         raise CheckpointError(f"checkpoint {uri!r}: cannot access it ({exc})") from None
     missing = [i.base_name for i in infos if i.type != pafs.FileType.File]
-    if len(missing) == 3:
+    if len(missing) == 3 and loc.fs.get_file_info(loc.path).type != pafs.FileType.Directory:
         raise CheckpointError(f"checkpoint {uri!r} does not exist (no {STATE_FILE}, {CONFIG_FILE}, {PROGRESS_FILE})")
     if missing:
         raise CheckpointError(f"checkpoint {uri!r} is incomplete: {', '.join(missing)} missing")
@@ -40,6 +42,58 @@ def checkpoint_info(uri: str) -> tuple[Config, dict]:
     if "images_seen" not in progress:
         raise CheckpointError(f"checkpoint {uri!r}: {PROGRESS_FILE} has no images_seen")
     return cfg, progress
+
+
+def locate_checkpoint(uri: str, said_by: str | None = None) -> str:
+    """``uri`` if it is a checkpoint, else the newest complete checkpoint directly inside it (a run
+    directory: Ray Train's ``checkpoint_<timestamp>`` folders; the most images seen wins), local or
+    ``s3://``; ``uri`` itself when it holds none, for the loader to say what is missing. ``said_by``
+    (e.g. ``"alae-ray serve: --checkpoint"``): tell the user on stderr which checkpoint was taken."""
+    local = uri[len("file://"):] if uri.startswith("file://") else uri
+    if "://" in local:
+        found = _newest_remote(uri)
+        same = found == uri
+    else:
+        found = str(find_checkpoint(local))
+        same = Path(found) == Path(local)
+    if same:
+        return uri
+    if said_by:
+        print(f"{said_by} {uri}: using its newest checkpoint {found}", file=sys.stderr, flush=True)
+    return found
+
+
+def _newest_remote(uri: str) -> str:
+    """``locate_checkpoint`` on an object store: two listings and one small read per checkpoint, no
+    download (a run directory holds several checkpoints of up to a GB each)."""
+    import pyarrow.fs as pafs
+
+    from ..data.storage import DatasetError, resolve
+
+    needed = {STATE_FILE, CONFIG_FILE, PROGRESS_FILE}
+    try:
+        loc = resolve(uri.rstrip("/"))
+
+        def listing(path: str) -> list:
+            return loc.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+
+        entries = listing(loc.path)
+        if needed <= {e.base_name for e in entries if e.type == pafs.FileType.File}:
+            return uri
+        found = []
+        for d in entries:
+            if d.type != pafs.FileType.Directory or d.base_name.startswith("."):
+                continue
+            if not needed <= {e.base_name for e in listing(d.path) if e.type == pafs.FileType.File}:
+                continue  # still being uploaded, or not a checkpoint
+            with loc.fs.open_input_stream(f"{d.path}/{PROGRESS_FILE}") as f:
+                try:
+                    found.append((int(json.loads(f.read()).get("images_seen", -1)), d.base_name))
+                except (ValueError, TypeError):
+                    continue
+    except (DatasetError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {uri!r}: cannot list it ({exc})".replace("\n", " ")) from None
+    return f"{uri.rstrip('/')}/{max(found)[1]}" if found else uri
 
 
 AUTO_MIN_KIMG = 2.0  # automatic pacing never checkpoints more often than this

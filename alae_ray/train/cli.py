@@ -8,13 +8,9 @@ import sys
 def cmd_train(args) -> int:
     from .run import TrainOptions, dump_summary, format_summary, run
 
-    init = args.init
-    if init and "://" not in init:  # a local run directory: its newest checkpoint
-        from ..core.checkpoint import find_checkpoint
+    from .checkpoints import locate_checkpoint
 
-        init = str(find_checkpoint(init))
-        if init != args.init:
-            print(f"alae-ray train: --init {args.init}: using its newest checkpoint {init}", file=sys.stderr)
+    init = args.init and locate_checkpoint(args.init, "alae-ray train: --init")
     opts = TrainOptions(preset=args.preset or (None if args.init else "tiny"), overrides=args.set or [], data=args.data, storage=args.storage,
                         name=args.name, workers=args.workers, gpu=args.gpu, max_kimg=args.max_kimg,
                         tick_kimg=args.tick_kimg, checkpoint_kimg=args.checkpoint_kimg, keep=args.keep,

@@ -20,7 +20,7 @@ from ..data.prepare import PrepareOptions
 from ..data.sources import shapes_source
 from ..data.storage import DatasetError, resolve
 from .checkpoints import checkpoint_info
-from .watchdog import Needs, cluster_can_grow, fit_watched, new_board, preflight
+from .watchdog import Needs, cluster_can_grow, fit_watched, new_board, preflight, start_ray
 
 DEFAULT_CACHE = Path(os.environ.get("ALAE_RAY_CACHE", Path.home() / ".cache" / "alae-ray"))
 
@@ -206,14 +206,6 @@ def build_trainer(opts: TrainOptions, p: Plan | None = None):
                      "config": cfg, "board": board}
 
 
-def quiet_ray_loggers(verbose: bool) -> None:
-    """Ray's and Ray Train's driver-side INFO messages only with --verbose (they stay in Ray's logs)."""
-    import logging
-
-    for name in ("ray", "ray.train", "ray.data", "ray.tune"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
-
-
 def max_failures(opts: TrainOptions) -> int:
     """Restarts after a lost worker: 3 on a cluster (nodes go away), none on a local Ray (a crash
     there is a bug that a restart would repeat)."""
@@ -239,12 +231,8 @@ def fit(trainer, info: dict, stall_timeout_s: float):
 
 def run(opts: TrainOptions) -> dict:
     """Train (or resume) and return a summary: where the checkpoint and samples are."""
-    import ray
-
     p = plan(opts)  # config, batch split, dataset and storage checked before Ray starts
-    if not ray.is_initialized():
-        quiet_ray_loggers(opts.verbose)
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=opts.verbose)
+    start_ray("train", verbose=opts.verbose)
     gpus = 1.0 if opts.gpu else 0.0
     warning = preflight(Needs(opts.workers, opts.cpus_per_worker, gpus), strict=not cluster_can_grow())
     if warning:

@@ -1,5 +1,7 @@
 """Nothing waits for ever: a preflight of what a run needs, and a bound on how long it may stall.
 
+``start_ray`` connects every command to its Ray (the cluster in ``RAY_ADDRESS``, else a local one).
+
 ``preflight`` compares what a run will ask Ray for (workers x CPUs/GPUs, one CPU for Ray Data's
 read tasks) with the cluster, before anything is scheduled. ``fit_watched`` runs a trainer while
 the workers report what they are doing to a small ``ProgressBoard`` actor; when nothing has happened
@@ -9,12 +11,43 @@ what the cluster has free.
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 
 import ray
+
+
+def start_ray(command: str, *, verbose: bool = False, runtime_env: dict | None = None) -> None:
+    """Connect to the cluster in ``RAY_ADDRESS``, or start a local Ray, unless connected already.
+
+    A local Ray runs its dashboard on loopback: Ray's state API lives there, and Ray Train's own
+    placement-group cleaner asks it whether a run's controller is alive (without it, a trial that ASHA
+    stops keeps its workers' CPUs). Ray's own log lines reach the console only with ``verbose``."""
+    if ray.is_initialized():
+        return
+    level = logging.INFO if verbose else logging.WARNING
+    for name in ("ray", "ray.train", "ray.data", "ray.tune"):
+        logging.getLogger(name).setLevel(level)
+    # The token notice repeats at every start; the docs say how token authentication works.
+    logging.getLogger("ray._private.authentication").setLevel(level if verbose else logging.ERROR)
+    address = os.environ.get("RAY_ADDRESS")
+    local = {}
+    if not address:
+        # A run starts about ten light processes (Train's controller, its workers, Ray Data's tasks, the
+        # progress board); the raylet's default of one start at a time per CPU warns on every run here.
+        os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(16, os.cpu_count() or 1)))
+        local = {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
+    info = ray.init(address=address, log_to_driver=verbose, logging_level=level, runtime_env=runtime_env, **local)
+    if not address:
+        cpus, gpus = ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0)
+        where = f"; dashboard at http://{info.dashboard_url}" if info.dashboard_url else ""
+        print(f"alae-ray {command}: started a local Ray ({cpus:g} CPUs, {gpus:g} GPUs){where}",
+              file=sys.stderr, flush=True)
 
 
 class StallError(RuntimeError):

@@ -188,7 +188,7 @@ def train_loop_per_worker(config: dict) -> None:
             log.write(metrics)
             # the driver prints it: one line per tick, with or without Ray's own worker logs
             beat(board, f"training at {tick.kimg:.3f} kimg ({s.resolution}px)",
-                 say=artifacts.console_line(metrics) if config.get("console", True) else None)
+                 say=artifacts.console_line(metrics, max_kimg) if config.get("console", True) else None)
             if due:
                 _write_samples(phases, s, fixed, out_dir, tick.kimg, config)
                 if tick.images_seen >= stop:

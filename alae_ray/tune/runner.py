@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 from ..core.config import ConfigError
-from ..train.watchdog import PreflightError, cluster_can_grow
+from ..train.watchdog import PreflightError, cluster_can_grow, start_ray
 from .sweep import POPULATION, SweepPlan, load_sweep, param_space, plan_sweep
 
 RESUME_MODES = ("auto", "always", "never")
@@ -226,9 +226,8 @@ def run_sweep(opts: TuneOptions) -> dict:
     from .export import best_preset_text, best_row, to_csv, to_markdown, trial_rows
     from .trainable import run_trial
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
-                 runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}})
+    start_ray("tune", verbose=opts.verbose >= 1,
+              runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}})
     total = ray.cluster_resources()
     concurrency, warning = fit_concurrency(plan, total.get("CPU", 0.0), total.get("GPU", 0.0),
                                            strict=not cluster_can_grow())
@@ -243,9 +242,6 @@ def run_sweep(opts: TuneOptions) -> dict:
         ctx["slots"] = Slots.remote(concurrency)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"CPU": s.trial.driver_cpus})
     exp = store.path
-    from .cleanup import orphan_cleaner, remove_orphaned_placement_groups
-
-    remove_orphaned_placement_groups()  # e.g. left by an interrupted run of this sweep
     resumed = tune.Tuner.can_restore(exp, storage_filesystem=fs) if opts.resume != "never" else False
     if resumed:
         tuner = tune.Tuner.restore(exp, trainable, resume_unfinished=True, resume_errored=False,
@@ -258,9 +254,8 @@ def run_sweep(opts: TuneOptions) -> dict:
                                         search_alg=search_alg, num_samples=s.search.num_samples,
                                         max_concurrent_trials=max_concurrent),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=fs,
-                                      verbose=opts.verbose, callbacks=[orphan_cleaner()]))
+                                      verbose=opts.verbose))
     grid = tuner.fit()
-    remove_orphaned_placement_groups()
     rows = trial_rows(grid, plan)
     files = {"results_csv": store.write("results.csv", to_csv(rows)),
              "results_md": store.write("results.md", to_markdown(rows, f"Sweep {s.name} ({s.objective.kind}, lower is better)"))}
