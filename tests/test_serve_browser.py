@@ -40,7 +40,7 @@ def ui_server(tmp_path_factory, train_checkpoint):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(ServeArgs(checkpoint=str(ckpt))), name="alae", route_prefix="/")
+    serve.run(build_app(ServeArgs(checkpoint=str(ckpt), lpips=False)), name="alae", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
@@ -68,7 +68,7 @@ def test_browser_reconstruct_and_mix(ui_server, shared_data, tmp_path):
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(f"{ui_server}/", wait_until="networkidle", timeout=60_000)
         assert page.url.endswith("/ui/")
-        page.get_by_text("Adversarial Latent Autoencoder").first.wait_for(timeout=30_000)
+        page.get_by_text("Adversarial Latent Autoencoder: shapes").first.wait_for(timeout=30_000)  # tiny's data
 
         # Reconstruction: upload a real face, run, wait for the output image.
         page.locator("#rec-input input[type=file]").set_input_files(str(faces[0]))
@@ -121,6 +121,12 @@ def test_every_ui_function_through_gradio_client(ui_server, shared_data, tmp_pat
     encoder, refined, errors = client.predict(faces[0], 20, api_name="/refine")
     assert np.abs(image(encoder) - rec).max() <= 1 and image(refined).shape == (256, 256, 3)
     assert "encoder" in errors and "refined" in errors
+    job = client.submit(faces[0], 200, api_name="/refine")  # its progress bar: gr.Progress's updates
+    job.result(timeout=300)
+    updates = [job.communicator.updates.get_nowait() for _ in range(job.communicator.updates.qsize())]
+    progress = [p for u in updates for p in (getattr(u, "progress_data", None) or [])]
+    assert progress and {(p.length, p.unit) for p in progress} == {(200, "steps")}, updates
+    assert [p.index for p in progress] == sorted(p.index for p in progress) and 0 < progress[-1].index <= 200
     unmoved = image(client.predict(faces[0], 0, 0.0, "all", api_name="/edit"))
     moved = image(client.predict(faces[0], 0, 8.0, "all", api_name="/edit"))
     assert np.abs(unmoved - rec).max() <= 1 and np.abs(moved - rec).max() > 8

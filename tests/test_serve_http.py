@@ -80,7 +80,7 @@ def server(checkpoints, s3_server):
     start_ray(temp)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(ServeArgs(checkpoint=checkpoints["local"], batch_wait_timeout_s=0.05, **LIMITS)),
+    serve.run(build_app(ServeArgs(checkpoint=checkpoints["local"], batch_wait_timeout_s=0.05, lpips=False, **LIMITS)),
               name="alae", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -244,6 +244,25 @@ def test_refinement_lowers_the_pixel_error_on_real_faces(server, faces):
                          timeout=60)
     both = png_array(zero.content)
     assert both.shape == (RES, 2 * RES, 3) and np.array_equal(both[:, :RES], both[:, RES:])  # no step: no change
+
+
+def test_refinement_streams_its_progress_then_the_result(server, faces):
+    """What the UI's progress bar reads: the model replica streams ("step", step, loss) events, then the
+    result that /api/refine returns for the same image and steps."""
+    from ray import serve
+
+    from alae_ray.serve.inputs import decode_image
+
+    handle = serve.get_deployment_handle("ModelServer", app_name="alae")
+    events = list(handle.options(stream=True).refine.remote(decode_image(faces[0], RES), 30))
+    kinds, steps = [e[0] for e in events], [e[1] for e in events[:-1]]
+    assert kinds[-1] == "done" and set(kinds[:-1]) == {"step"} and steps[-1] == 30, kinds
+    assert steps == sorted(set(steps)) and all(np.isfinite(e[2]) for e in events[:-1])
+    _, encoder, refined, mse = events[-1]
+    body = requests.post(f"{server}/api/refine", files={"image": ("f.png", faces[0])}, data={"steps": "30"},
+                         timeout=300).json()
+    assert [body["mse_encoder"], body["mse_refined"]] == [float(mse[0]), float(mse[1])]
+    assert np.array_equal(png_array(base64.b64decode(body["refined_png_base64"])), refined)
 
 
 @pytest.mark.parametrize("path,data", [

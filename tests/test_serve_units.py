@@ -227,7 +227,7 @@ def tiny_checkpoint(tmp_path_factory, train_checkpoint):
 def engine(tiny_checkpoint):
     from alae_ray.serve.engine import open_engine
 
-    return open_engine(str(tiny_checkpoint), device="cpu")
+    return open_engine(str(tiny_checkpoint), device="cpu", lpips=False)  # the same on every machine
 
 
 def test_engine_matches_the_model(engine):
@@ -305,6 +305,13 @@ class LocalBackend:
     async def generate(self, seeds, psis):
         return self.e.generate(seeds, psis), 1
 
+    async def refine(self, image, steps):
+        events = []
+        result = self.e.refine(image, steps, lambda step, loss: events.append(("step", step, loss)))
+        for event in events:
+            yield event
+        yield ("done", *result)
+
 
 def test_service_composites(engine):
     from alae_ray.serve.service import Service
@@ -322,6 +329,47 @@ def test_service_composites(engine):
                  svc.interpolate(faces[0], faces[1], 1), svc.generate(-5), svc.decode([1.0] * 3)):
         with pytest.raises(InputError):
             asyncio.run(call)
+
+
+def test_service_refine_reports_progress(engine):
+    from alae_ray.serve.service import Service
+
+    svc = Service(LocalBackend(engine), engine.info())
+    face = decode_image(list(variants().values())[0], 32)
+    seen = []
+    rec, refined, mse = asyncio.run(svc.refine(face, "12", lambda step, total, loss: seen.append((step, total))))
+    assert seen == [(s, 12) for s in range(1, 13)]
+    want = engine.refine(face, 12)
+    assert np.array_equal(refined, want[1]) and np.array_equal(mse, want[2]) and mse[1] < mse[0]
+    with pytest.raises(InputError):
+        asyncio.run(svc.refine(face, "13000"))
+
+
+def test_refinement_adds_lpips_when_its_weights_are_local(tiny_checkpoint, tmp_path, monkeypatch):
+    from alae_ray.eval.testing import write_random_weights
+    from alae_ray.serve.engine import open_engine
+
+    monkeypatch.delenv("ALAE_RAY_VGG_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))  # no VGG16 file: never downloaded by a replica
+    plain = open_engine(str(tiny_checkpoint), device="cpu")
+    assert plain.lpips is None and plain.info()["refine_loss"] == "pixel"
+    write_random_weights(tmp_path / "home")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    perceptual = open_engine(str(tiny_checkpoint), device="cpu")
+    assert perceptual.info()["refine_loss"] == "pixel + LPIPS"
+    assert open_engine(str(tiny_checkpoint), device="cpu", lpips=False).lpips is None
+    face = decode_image(list(variants().values())[0], 32)
+    _, a, mse_a = plain.refine(face, 8)
+    _, b, mse_b = perceptual.refine(face, 8)
+    assert mse_a[0] == mse_b[0] and not np.array_equal(a, b)  # same start, another objective
+
+
+def test_the_ui_speaks_of_what_the_model_was_trained_on():
+    from apps.gradio_app import subject
+
+    assert [subject(p)[0] for p in ("ffhq1024", "celebahq256", "bedroom256", "mnist", "tiny", "mine")] == [
+        "faces", "faces", "bedrooms", "digits", "shapes", "images"]
+    assert "face" in subject("ffhq1024")[1] and "bedroom" in subject("bedroom256")[1]
 
 
 # --- deployment config and CLI (no cluster) ------------------------------------------------------

@@ -198,27 +198,40 @@ _WHAT = {"inception": ("FID's Inception-v3", ENV_INCEPTION, "--inception-weights
          "lpips": ("LPIPS's linear layers", ENV_LPIPS, "--lpips-weights")}
 
 
+def _weight_file(kind: str) -> tuple[str, str]:
+    from pytorch_fid.inception import FID_WEIGHTS_URL
+
+    return {"inception": (FID_WEIGHTS_URL, INCEPTION_FILE), "vgg": (VGG16_URL, VGG16_FILE),
+            "lpips": (LPIPS_URL, LPIPS_FILE)}[kind]
+
+
+def find_weight_file(kind: str, explicit: str | os.PathLike | None = None) -> str | None:
+    """The local file ``resolve_weight_file`` would use, or None where it would have to download."""
+    _, env, _ = _WHAT[kind]
+    local = _local(explicit, env) or (_shipped_lpips_weights() if kind == "lpips" else None)
+    if local is not None:
+        return str(local)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / _weight_file(kind)[1]
+    return str(path) if path.is_file() else None
+
+
 def resolve_weight_file(kind: str, explicit: str | os.PathLike | None = None) -> str:
     """A concrete local file for ``kind`` in {"inception", "vgg", "lpips"}, in the module's order,
     downloading into torch.hub's cache if needed (``WeightsUnavailable`` naming the file, where it
     was looked for and how to get it, when that fails). Used before starting Ray workers, so that
     every worker loads exactly the driver's file."""
-    from pytorch_fid.inception import FID_WEIGHTS_URL
-
-    url, name = {"inception": (FID_WEIGHTS_URL, INCEPTION_FILE), "vgg": (VGG16_URL, VGG16_FILE),
-                 "lpips": (LPIPS_URL, LPIPS_FILE)}[kind]
+    found = find_weight_file(kind, explicit)
+    if found is not None:
+        return found
+    url, name = _weight_file(kind)
     what, env, option = _WHAT[kind]
-    local = _local(explicit, env) or (_shipped_lpips_weights() if kind == "lpips" else None)
-    if local is not None:
-        return str(local)
     path = Path(torch.hub.get_dir()) / "checkpoints" / name
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:  # torch.hub downloads to a temporary name and renames: no half-written file is left
-            torch.hub.download_url_to_file(url, str(path), progress=False)
-        except OSError as exc:  # URLError and socket errors are OSErrors
-            reason = getattr(exc, "reason", None) or exc
-            raise WeightsUnavailable(f"{what} weights {name} are not in {path.parent} and could not be downloaded "
-                                     f"from {url} ({reason}); download that file where there is internet and copy "
-                                     f"it there, or pass {option} FILE (or set ${env})") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # torch.hub downloads to a temporary name and renames: no half-written file is left
+        torch.hub.download_url_to_file(url, str(path), progress=False)
+    except OSError as exc:  # URLError and socket errors are OSErrors
+        reason = getattr(exc, "reason", None) or exc
+        raise WeightsUnavailable(f"{what} weights {name} are not in {path.parent} and could not be downloaded "
+                                 f"from {url} ({reason}); download that file where there is internet and copy "
+                                 f"it there, or pass {option} FILE (or set ${env})") from None
     return str(path)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections import Counter
 from typing import Optional
 
@@ -28,6 +30,7 @@ log = logging.getLogger("alae_ray.serve")
 UI_PATH = "/ui"
 
 
+PROGRESS_EVERY_S = 0.25  # refinement progress events: often enough for a bar, few enough for the handle
 GATEWAY_CPUS = 0.5  # per gateway replica: it parses requests and awaits the model
 
 
@@ -47,6 +50,7 @@ class ServeArgs(BaseModel):
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
     max_ongoing_requests: int = Field(0, ge=0, description="per model replica; 0: 4 x max_batch_size, at least 64")
     ui: bool = Field(True, description="mount the Gradio UI at /ui")
+    lpips: bool = Field(True, description="refine with LPIPS too when its weights are on the replica's machine")
     max_upload_bytes: int = Field(Limits.max_upload_bytes, gt=0)
     max_request_bytes: int = Field(Limits.max_request_bytes, gt=0)
     max_pixels: int = Field(Limits.max_pixels, gt=0)
@@ -57,6 +61,10 @@ class ServeArgs(BaseModel):
 
     def ongoing(self) -> int:
         return self.max_ongoing_requests or max(64, 4 * self.max_batch_size)
+
+
+class CallerGone(Exception):
+    """Ends a refinement whose caller stopped listening."""
 
 
 def _split(parts: list, counts: list[int]) -> list:
@@ -71,14 +79,15 @@ def _split(parts: list, counts: list[int]) -> list:
 @serve.deployment
 class ModelServer:
     def __init__(self, checkpoint: str, device: str = "auto", level: Optional[int] = None,
-                 max_batch_size: int = 16, batch_wait_timeout_s: float = 0.01):
-        self.engine = open_engine(checkpoint, device=device, level=level)
+                 max_batch_size: int = 16, batch_wait_timeout_s: float = 0.01, lpips: bool = True):
+        self.engine = open_engine(checkpoint, device=device, level=level, lpips=lpips)
         for method in (self.encode, self.synthesize, self.reconstruct, self.generate):
             method.set_max_batch_size(max_batch_size)
             method.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.batches: dict[str, Counter] = {k: Counter() for k in ("encode", "synthesize", "reconstruct", "generate")}
-        log.info("serving %s at %dx%d on %s, batches up to %d", self.engine.name, self.engine.resolution,
-                 self.engine.resolution, self.engine.device, max_batch_size)
+        log.info("serving %s at %dx%d on %s, batches up to %d, refinement loss: %s", self.engine.name,
+                 self.engine.resolution, self.engine.resolution, self.engine.device, max_batch_size,
+                 self.engine.info()["refine_loss"])
 
     def info(self) -> dict:
         return self.engine.info()
@@ -123,9 +132,36 @@ class ModelServer:
     def directions(self, k: int) -> np.ndarray:
         return self.engine.directions(k)
 
-    async def refine(self, image: np.ndarray, steps: int) -> tuple:
-        # An optimisation per request: not batched, and off the event loop so batches keep forming.
-        return await asyncio.to_thread(self.engine.refine, image, steps)
+    async def refine(self, image: np.ndarray, steps: int):
+        """Streams ("step", step, loss) at most every PROGRESS_EVERY_S, then ("done", encoder's, refined,
+        pixel errors). An optimisation per request: not batched, and off the event loop so batches keep
+        forming; a caller that goes away stops it at the next step."""
+        loop, events, stop = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+        last = -PROGRESS_EVERY_S
+
+        def progress(step: int, loss: float) -> None:
+            nonlocal last
+            if stop.is_set():
+                raise CallerGone()
+            if time.monotonic() - last >= PROGRESS_EVERY_S or step == steps:
+                last = time.monotonic()
+                loop.call_soon_threadsafe(events.put_nowait, ("step", step, loss))
+
+        work = asyncio.ensure_future(asyncio.to_thread(self.engine.refine, image, steps, progress))
+        try:
+            while True:
+                event = asyncio.ensure_future(events.get())
+                await asyncio.wait({event, work}, return_when=asyncio.FIRST_COMPLETED)
+                if not event.done():
+                    event.cancel()
+                    break
+                yield event.result()
+            while not events.empty():  # put before the thread returned
+                yield events.get_nowait()
+            yield ("done", *work.result())
+        finally:
+            stop.set()
+            work.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody waits for it now
 
 
 class HandleBackend:
@@ -150,7 +186,8 @@ class HandleBackend:
         return await self.h.directions.remote(k)
 
     async def refine(self, image, steps):
-        return await self.h.refine.remote(image, steps)
+        async for event in self.h.options(stream=True).refine.remote(image, steps):
+            yield event
 
 
 @serve.deployment
@@ -186,7 +223,7 @@ def build_app(args: ServeArgs):
     model = ModelServer.options(
         num_replicas=args.model_replicas, max_ongoing_requests=args.ongoing(),
         ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
-    ).bind(args.checkpoint, args.device, args.level, args.max_batch_size, args.batch_wait_timeout_s)
+    ).bind(args.checkpoint, args.device, args.level, args.max_batch_size, args.batch_wait_timeout_s, args.lpips)
     # The gateway only awaits the model: many requests in flight cost it little CPU.
     gateway = Gateway.options(num_replicas=args.gateway_replicas, max_ongoing_requests=4 * args.ongoing(),
                               ray_actor_options={"num_cpus": GATEWAY_CPUS})

@@ -9,19 +9,22 @@ import sys
 import threading
 
 
-def precheck(uri: str) -> None:
-    """Fail before starting Ray when a local checkpoint (or a run directory's newest) is obviously missing."""
-    from alae_ray.core.checkpoint import CONFIG_FILE, PROGRESS_FILE, STATE_FILE, find_checkpoint
+def precheck(uri: str) -> str:
+    """The checkpoint to serve: ``uri``, or its newest checkpoint if it is a run directory (said on
+    stderr). Fails before Ray starts when it is missing or incomplete."""
+    from ..core.checkpoint import CheckpointError
+    from ..train.checkpoints import checkpoint_info, locate_checkpoint
 
-    if uri.startswith("s3://"):
-        return
-    if not os.path.isdir(uri):
+    if "://" not in uri and not os.path.isdir(uri):
         raise FileNotFoundError(f"checkpoint {uri!r} not found")
-    found = find_checkpoint(uri)
-    missing = [n for n in (STATE_FILE, CONFIG_FILE, PROGRESS_FILE) if not (found / n).is_file()]
-    if missing:
-        raise ValueError(f"checkpoint {uri!r} is incomplete: {', '.join(missing)} missing (and it holds no "
-                         f"complete checkpoint_* directory)")
+    found = locate_checkpoint(uri, "alae-ray serve: --checkpoint")
+    try:
+        checkpoint_info(found)
+    except CheckpointError as exc:
+        if found != uri:
+            raise
+        raise CheckpointError(f"{exc}, and it holds no complete checkpoint_* directory") from None
+    return found
 
 
 def root_message(text: str) -> str:
@@ -50,15 +53,14 @@ def cmd_serve(args) -> int:
 
     import ray
 
-    from ..train.watchdog import cluster_can_grow, require
+    from ..train.watchdog import cluster_can_grow, require, start_ray
     from .app import GATEWAY_CPUS, UI_PATH, ServeArgs, build_app
 
-    checkpoint = args.checkpoint if args.checkpoint.startswith("s3://") else os.path.abspath(args.checkpoint)
-    precheck(checkpoint)
+    checkpoint = precheck(args.checkpoint if args.checkpoint.startswith("s3://") else os.path.abspath(args.checkpoint))
     opts = ServeArgs(checkpoint=checkpoint, device=args.device, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
                      max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1000.0,
-                     ui=not args.no_ui)
-    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=args.verbose)
+                     ui=not args.no_ui, lpips=not args.no_lpips)
+    start_ray("serve", verbose=args.verbose)
     try:
         # serve.run waits until every replica runs: refuse what cannot be placed instead of waiting
         cpus, gpus = opts.model_replicas * opts.num_cpus + opts.gateway_replicas * GATEWAY_CPUS, opts.num_gpus
@@ -107,5 +109,7 @@ def register(sub) -> None:
     p.add_argument("--max-batch-size", type=int, default=16, help="largest model batch (default 16)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill (default 10)")
     p.add_argument("--no-ui", action="store_true", help="API only, no Gradio UI")
+    p.add_argument("--no-lpips", action="store_true", help="refine with the pixel loss only, even where LPIPS's "
+                                                          "weights are on the machine")
     p.add_argument("--verbose", action="store_true", help="show replica logs")
     p.set_defaults(func=cmd_serve)

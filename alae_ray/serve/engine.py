@@ -21,7 +21,7 @@ from alae_ray.core.checkpoint import CheckpointError
 class Engine:
     """An ALAE at one level with batched, NumPy-in/NumPy-out maps."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, lpips: torch.nn.Module | None = None):
         if model.mlp:
             raise CheckpointError(f"checkpoint {model.name!r}: serving needs a StyleALAE checkpoint, this one is 'mlp'")
         self.api = model
@@ -30,6 +30,7 @@ class Engine:
         self.level, self.resolution, self.num_levels = model.level, model.resolution, model.num_levels
         self.latent_size, self.style_layers = model.latent_size, model.style_layers
         self.cutoff = min(self.cfg.train.truncation_cutoff, self.style_layers)
+        self.lpips = lpips  # refinement's perceptual term, when its weights are on this machine
 
     def info(self) -> dict:
         """What clients need to know (JSON-ready, no server paths)."""
@@ -37,7 +38,8 @@ class Engine:
                 "latent_size": self.latent_size, "style_layers": self.style_layers, "level": self.level,
                 "num_levels": self.num_levels, "images_seen": self.progress.get("images_seen"),
                 "truncation_psi": self.cfg.train.truncation_psi, "truncation_cutoff": self.cutoff,
-                "device": self.device.type, "bands": describe_bands(self.num_levels)}
+                "device": self.device.type, "bands": describe_bands(self.num_levels),
+                "refine_loss": "pixel + LPIPS" if self.lpips is not None else "pixel"}
 
     def _input(self, images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
@@ -66,22 +68,33 @@ class Engine:
         """The ``k`` strongest unsupervised edit directions in W (SeFa), float32 [k, L], unit length."""
         return self.api.directions(k).cpu().numpy()
 
-    def refine(self, image: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def refine(self, image: np.ndarray, steps: int, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One image uint8 [R, R, 3] -> (encoder's G(E(x)), refined reconstruction) as uint8 [R, R, 3] and
-        their pixel errors [2] (mean squared, in [-1, 1] units): w = E(x) optimised ``steps`` times."""
+        their pixel errors [2] (mean squared, in [-1, 1] units): w = E(x) optimised ``steps`` times,
+        ``progress(step, loss)`` called after each step."""
         x = self._input(image[None])
         rec = self.api.reconstruct(x)
-        _, refined = self.api.refine(x, steps=steps)
+        _, refined = self.api.refine(x, steps=steps, progress=progress, lpips=self.lpips)
         mse = np.asarray([float((y.float() - x).pow(2).mean()) for y in (rec, refined)], np.float32)
         return self.api.to_uint8(rec)[0], self.api.to_uint8(refined)[0], mse
 
 
-def open_engine(uri: str, *, device: str = "auto", level: int | None = None) -> Engine:
-    """An Engine from a local or ``s3://`` checkpoint or run directory; CheckpointError names it."""
+def open_engine(uri: str, *, device: str = "auto", level: int | None = None, lpips: bool = True) -> Engine:
+    """An Engine from a local or ``s3://`` checkpoint or run directory; CheckpointError names it.
+    ``lpips``: refine with LPIPS besides the pixel loss when its weights are already on this machine
+    (a replica never downloads them)."""
     name = str(uri) if str(uri).startswith("s3://") else os.path.basename(os.path.normpath(str(uri)))
     model = load(uri, device=device, level=level)
     model.name = name
-    return Engine(model)
+    return Engine(model, local_lpips(model.device) if lpips else None)
+
+
+def local_lpips(device: torch.device) -> torch.nn.Module | None:
+    """LPIPS-VGG16 from local weight files (``alae_ray.eval.networks``'s places), else None."""
+    from alae_ray.eval.networks import find_weight_file, load_lpips
+
+    vgg, linear = find_weight_file("vgg"), find_weight_file("lpips")
+    return load_lpips(device, vgg, linear) if vgg and linear else None
 
 
 def mix_codes(w_src: np.ndarray, w_dst: np.ndarray, layers: range, style_layers: int) -> np.ndarray:

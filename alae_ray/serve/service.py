@@ -2,7 +2,8 @@
 
 A backend has async ``encode(images)``, ``synthesize(ws)``, ``reconstruct(images)`` and
 ``generate(seeds, psis)``, each returning its result(s) plus the number of requests that shared
-the model's batch, and unbatched ``directions(k)`` and ``refine(image, steps)``. Composite
+the model's batch, unbatched ``directions(k)``, and ``refine(image, steps)``, an async iterator of
+("step", step, loss) events ending with ("done", encoder's, refined, pixel errors). Composite
 operations (style grids, interpolation, edits) are one encode call and one synthesize call each, so
 their images travel through the model batched too.
 """
@@ -10,7 +11,7 @@ their images travel through the model batched too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, AsyncIterator, Callable, Protocol
 
 import numpy as np
 
@@ -25,7 +26,7 @@ class Backend(Protocol):
     async def reconstruct(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]: ...
     async def generate(self, seeds: np.ndarray, psis: np.ndarray) -> tuple[np.ndarray, int]: ...
     async def directions(self, k: int) -> np.ndarray: ...
-    async def refine(self, image: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def refine(self, image: np.ndarray, steps: int) -> AsyncIterator[tuple]: ...
 
 
 @dataclass
@@ -108,7 +109,14 @@ class Service:
         imgs, b = await self.backend.synthesize(codes.astype(np.float32))
         return Result(imgs, b, w)
 
-    async def refine(self, image: np.ndarray, steps: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(encoder's reconstruction, refined one, their mean squared pixel errors)."""
+    async def refine(self, image: np.ndarray, steps: Any, progress: Callable[[int, int, float], None] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(encoder's reconstruction, refined one, their mean squared pixel errors); ``progress(step,
+        steps, loss)`` as the optimisation goes."""
         n = parse_int(steps, "steps", 0, self.limits.max_refine_steps)
-        return await self.backend.refine(image, n)
+        async for event in self.backend.refine(image, n):
+            if event[0] == "done":
+                return event[1], event[2], event[3]
+            if progress is not None:
+                progress(event[1], n, event[2])
+        raise RuntimeError("the model ended the refinement without a result")
