@@ -263,6 +263,15 @@ def test_refinement_streams_its_progress_then_the_result(server, faces):
                          timeout=300).json()
     assert [body["mse_encoder"], body["mse_refined"]] == [float(mse[0]), float(mse[1])]
     assert np.array_equal(png_array(base64.b64decode(body["refined_png_base64"])), refined)
+    before = requests.get(f"{server}/api/stats", timeout=30).json()["refine"]
+    stream = handle.options(stream=True).refine.remote(decode_image(faces[1], RES), 200)
+    assert next(stream)[0] == "step"
+    stream.cancel()  # the caller goes away: the optimisation stops at its next step
+    deadline = time.monotonic() + 60
+    while requests.get(f"{server}/api/stats", timeout=30).json()["refine"]["stopped"] == before["stopped"]:
+        assert time.monotonic() < deadline, "a refinement nobody listens to kept running"
+        time.sleep(0.1)
+    assert requests.get(f"{server}/api/stats", timeout=30).json()["refine"]["finished"] == before["finished"]
 
 
 @pytest.mark.parametrize("path,data", [

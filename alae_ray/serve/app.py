@@ -85,6 +85,7 @@ class ModelServer:
             method.set_max_batch_size(max_batch_size)
             method.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.batches: dict[str, Counter] = {k: Counter() for k in ("encode", "synthesize", "reconstruct", "generate")}
+        self.refinements = Counter()  # finished, stopped (the caller went away)
         log.info("serving %s at %dx%d on %s, batches up to %d, refinement loss: %s", self.engine.name,
                  self.engine.resolution, self.engine.resolution, self.engine.device, max_batch_size,
                  self.engine.info()["refine_loss"])
@@ -93,9 +94,11 @@ class ModelServer:
         return self.engine.info()
 
     def stats(self) -> dict:
-        """Per method: {batch size: count}, and the largest batch seen."""
-        return {k: {"histogram": {str(s): n for s, n in sorted(c.items())}, "max": max(c, default=0),
-                    "batches": sum(c.values())} for k, c in self.batches.items()}
+        """Per batched method: {batch size: count}, and the largest batch seen; refinements finished and
+        stopped."""
+        return {**{k: {"histogram": {str(s): n for s, n in sorted(c.items())}, "max": max(c, default=0),
+                       "batches": sum(c.values())} for k, c in self.batches.items()},
+                "refine": {"finished": self.refinements["finished"], "stopped": self.refinements["stopped"]}}
 
     async def _run(self, name: str, fn, arrays: list[tuple[np.ndarray, ...]]) -> list:
         """Concatenate the requests' arrays, run ``fn`` off the event loop, split the results back."""
@@ -142,6 +145,7 @@ class ModelServer:
         def progress(step: int, loss: float) -> None:
             nonlocal last
             if stop.is_set():
+                self.refinements["stopped"] += 1
                 raise CallerGone()
             if time.monotonic() - last >= PROGRESS_EVERY_S or step == steps:
                 last = time.monotonic()
@@ -158,6 +162,7 @@ class ModelServer:
                 yield event.result()
             while not events.empty():  # put before the thread returned
                 yield events.get_nowait()
+            self.refinements["finished"] += 1
             yield ("done", *work.result())
         finally:
             stop.set()
