@@ -8,6 +8,7 @@ batch sizes the model saw, and the batched/unbatched throughput ratio.
     python benchmarks/bench_serve.py                      # trains a tiny checkpoint first (~10 s)
     python benchmarks/bench_serve.py --checkpoint runs/ffhq/checkpoint --device cuda --num-gpus 1
     python benchmarks/bench_serve.py --engine-only --device cuda   # the model alone, no Ray (e.g. a GPU box)
+    python benchmarks/bench_serve.py --preset celeba128            # a preset's real networks, untrained
 """
 
 from __future__ import annotations
@@ -43,6 +44,24 @@ def train_tiny(directory: Path) -> str:
     train(phases, TensorImages(torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1),
           max_kimg=0.3)
     return str(write_checkpoint(directory / "tiny", cfg, phases.tensors(), phases.progress()))
+
+
+def untrained(directory: Path, preset: str) -> str:
+    """A checkpoint of ``preset``'s networks at initialisation: the real architecture's cost, no training."""
+    from alae_ray.core.checkpoint import write_checkpoint
+    from alae_ray.core.config import load_config
+    from alae_ray.core.phases import ALAEPhases
+
+    cfg = load_config(preset, [])
+    phases = ALAEPhases(cfg)
+    return str(write_checkpoint(directory / preset, cfg, phases.tensors(), phases.progress()))
+
+
+def mean_batch(before: dict, after: dict) -> float:
+    """Mean requests per model batch between two /api/stats histograms."""
+    diff = {int(k): n - before.get(k, 0) for k, n in after.items()}
+    batches = sum(diff.values())
+    return sum(k * n for k, n in diff.items()) / batches if batches else float("nan")
 
 
 def payloads() -> list[bytes]:
@@ -122,6 +141,7 @@ def engine_only(checkpoint: str, device: str, batch_size: int, threads: int, sec
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="checkpoint (local or s3://); default: train a tiny one")
+    p.add_argument("--preset", help="instead of --checkpoint: this preset's networks, untrained")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--requests", type=int, default=640, help="requests per configuration")
     p.add_argument("--batch-size", type=int, default=32, help="max_batch_size of the batched deployment")
@@ -133,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--engine-only", action="store_true", help="time the model alone (no Ray, no HTTP)")
     args = p.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    t0 = time.perf_counter()
+    checkpoint = args.checkpoint or (untrained(tmp, args.preset) if args.preset else train_tiny(tmp))
     if args.engine_only:
-        ckpt = args.checkpoint or train_tiny(Path(tempfile.mkdtemp(prefix="bench-serve-")))
+        ckpt = checkpoint
         r = engine_only(ckpt, args.device, args.batch_size, max(1, int(args.num_cpus)))
         print(json.dumps(r, indent=2) if args.json else
               f"model only ({r['device']}, {r['resolution']}px): " + ", ".join(
@@ -146,9 +169,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from alae_ray.serve.app import ServeArgs, build_app
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    t0 = time.perf_counter()
-    checkpoint = args.checkpoint or train_tiny(tmp)
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
              _temp_dir=tempfile.mkdtemp(prefix="ray-bs-", dir="/tmp"))
     with socket.socket() as s:
@@ -167,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
                       name=name, route_prefix=f"/{name}")
             url = f"{base}/{name}/api/reconstruct"
             asyncio.run(drive(url, images, min(8, args.clients), 64, args.deadline_s))  # warm-up
+            before = httpx.get(f"{base}/{name}/api/stats", timeout=30).json()["reconstruct"]["histogram"]
             r = asyncio.run(drive(url, images, args.clients, args.requests, args.deadline_s))
             stats = httpx.get(f"{base}/{name}/api/stats", timeout=30).json()["reconstruct"]
-            r.update(max_batch_size=bs, batch_histogram=stats["histogram"])
+            r.update(max_batch_size=bs, batch_histogram=stats["histogram"], mean_batch=mean_batch(before, stats["histogram"]))
             results[name] = r
             serve.delete(name)  # one at a time: both would share the same two cores
     finally:
@@ -183,11 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"reconstruct, {args.clients} concurrent clients, {args.requests} requests per configuration")
-    print(f"{'config':<10} {'max_batch':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  batch sizes seen")
+    print(f"{'config':<10} {'max_batch':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'mean batch':>10}  "
+          f"batch sizes seen (with warm-up)")
     for name, r in results.items():
         hist = ", ".join(f"{k}x{v}" for k, v in sorted(r["batch_histogram"].items(), key=lambda kv: int(kv[0])))
         print(f"{name:<10} {r['max_batch_size']:>9} {r['throughput_rps']:>8.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
-              f"{r['errors']:>6}  {hist[:120]}")
+              f"{r['errors']:>6} {r['mean_batch']:>10.2f}  {hist[:120]}")
     print(f"throughput ratio batched/unbatched: {ratio:.2f}x (goal >= 3x with zero errors: "
           f"{'met' if summary['goal_3x_zero_errors'] else 'NOT met'}); total {summary['total_s']:.0f} s")
     return 0
