@@ -80,7 +80,7 @@ def payloads() -> list[bytes]:
     return out
 
 
-async def drive(url: str, images: list[bytes], clients: int, total: int, deadline_s: float) -> dict:
+async def drive(url: str, images: list[bytes], clients: int, total: int, deadline_s: float, raw: bool = False) -> dict:
     """``clients`` workers share ``total`` requests; each request's latency and status are recorded."""
     latencies: list[float] = []
     errors: list[str] = []
@@ -96,7 +96,9 @@ async def drive(url: str, images: list[bytes], clients: int, total: int, deadlin
                     continue
                 t = time.perf_counter()
                 try:
-                    r = await client.post(url, files={"image": ("face.png", images[i % len(images)], "image/png")})
+                    image = images[i % len(images)]
+                    r = await (client.post(url, content=image, headers={"Content-Type": "image/png"}) if raw else
+                               client.post(url, files={"image": ("face.png", image, "image/png")}))
                     if r.status_code != 200:
                         errors.append(f"HTTP {r.status_code}")
                         continue
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-gpus", type=float, default=0)
     p.add_argument("--num-cpus", type=float, default=1, help="CPUs per model replica")
     p.add_argument("--deadline-s", type=float, default=300.0, help="per configuration")
+    p.add_argument("--raw", action="store_true", help="send each image as the request body, not multipart")
     p.add_argument("--json", action="store_true")
     p.add_argument("--engine-only", action="store_true", help="time the model alone (no Ray, no HTTP)")
     args = p.parse_args(argv)
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             url = f"{base}/{name}/api/reconstruct"
             asyncio.run(drive(url, images, min(8, args.clients), 64, args.deadline_s))  # warm-up
             before = httpx.get(f"{base}/{name}/api/stats", timeout=30).json()["reconstruct"]["histogram"]
-            r = asyncio.run(drive(url, images, args.clients, args.requests, args.deadline_s))
+            r = asyncio.run(drive(url, images, args.clients, args.requests, args.deadline_s, args.raw))
             stats = httpx.get(f"{base}/{name}/api/stats", timeout=30).json()["reconstruct"]
             r.update(max_batch_size=bs, batch_histogram=stats["histogram"], mean_batch=mean_batch(before, stats["histogram"]))
             results[name] = r
@@ -203,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"reconstruct, {args.clients} concurrent clients, {args.requests} requests per configuration")
+    print(f"reconstruct, {args.clients} concurrent clients, {args.requests} requests per configuration, "
+          f"{'raw bodies' if args.raw else 'multipart'}")
     print(f"{'config':<10} {'max_batch':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'mean batch':>10}  "
           f"batch sizes seen (with warm-up)")
     for name, r in results.items():

@@ -156,6 +156,30 @@ def test_reconstruct_encode_decode_agree(server, faces):
     assert not np.allclose(encode(server, faces[1]), w, atol=1e-3)
 
 
+def test_raw_image_bodies_answer_as_multipart_does(server, faces):
+    """The image as the whole body (no multipart to parse), its fields in the query string."""
+    def multipart(path, data=None):
+        return requests.post(f"{server}{path}", files={"image": ("f.png", faces[0])}, data=data, timeout=120)
+
+    def raw(path, kind="image/png"):
+        return requests.post(f"{server}{path}", data=faces[0], headers={"Content-Type": kind}, timeout=120)
+
+    assert raw("/api/encode").json()["w"] == multipart("/api/encode").json()["w"]
+    assert raw("/api/reconstruct?format=png", "application/octet-stream").content == \
+        multipart("/api/reconstruct?format=png").content
+    assert raw("/api/edit?direction=1&strength=2.5&layers=coarse").content == \
+        multipart("/api/edit", {"direction": "1", "strength": "2.5", "layers": "coarse"}).content
+    by_raw, by_form = raw("/api/refine?steps=5").json(), multipart("/api/refine", {"steps": "5"}).json()
+    assert by_raw["steps"] == 5 and by_raw == by_form
+    assert_clean_error(raw("/api/edit?strength=1"), 422)  # no direction
+    assert_clean_error(raw("/api/refine?steps=5000"), 422)
+    assert_clean_error(requests.post(f"{server}/api/encode", data=b"", headers={"Content-Type": "image/png"},
+                                     timeout=60), 400)
+    assert_clean_error(requests.post(f"{server}/api/encode", data=b"not an image", timeout=60,
+                                     headers={"Content-Type": "image/png"}), 415)
+    assert_alive(server)
+
+
 def test_generate(server):
     a = requests.post(f"{server}/api/generate", json={"seed": 5, "psi": 0.7}, timeout=60)
     b = requests.post(f"{server}/api/generate", json={"seed": 5, "psi": 0.7}, timeout=60)

@@ -90,6 +90,26 @@ async def _image(form, field: str, service: Service) -> Any:
     return (await _images(form, field, service, single=True))[0]
 
 
+def _raw(request: Request) -> bool:
+    """A body that is the image itself (no multipart to parse); its other fields are query parameters."""
+    kind = request.headers.get("content-type", "")
+    return kind.startswith("image/") or kind.startswith("application/octet-stream")
+
+
+async def _upload(request: Request, service: Service, fields: tuple[str, ...] = ()) -> tuple[Any, dict]:
+    """The request's one image and its text ``fields`` (missing ones absent): a raw body with the
+    fields in the query string, or multipart ``image`` and fields."""
+    if _raw(request):
+        data = await request.body()
+        if not data:
+            raise InputError("empty request body: send the image's bytes", 400)
+        image = await asyncio.to_thread(decode_image, data, service.resolution, service.limits, "image")
+        return image, {k: request.query_params[k] for k in fields if k in request.query_params}
+    form = await _form(request, service.limits)
+    values = {k: _text(form, k, "") for k in fields}
+    return await _image(form, "image", service), {k: v for k, v in values.items() if v != ""}
+
+
 async def _images(form, field: str, service: Service, single: bool = False) -> list:
     items = form.getlist(field)
     if not items:
@@ -106,9 +126,13 @@ async def _images(form, field: str, service: Service, single: bool = False) -> l
     return out
 
 
-def png(image, batch_size: int, extra: dict[str, str] | None = None) -> Response:
+async def png(image, batch_size: int, extra: dict[str, str] | None = None) -> Response:
     headers = {"X-Batch-Size": str(batch_size), **(extra or {})}
-    return Response(content=encode_png(image), media_type="image/png", headers=headers)
+    return Response(content=await png_bytes(image), media_type="image/png", headers=headers)
+
+
+async def png_bytes(image) -> bytes:
+    return await asyncio.to_thread(encode_png, image)  # off the event loop: a 1024x1024 PNG takes a while
 
 
 def build_api(service: Service, stats: Callable[[], Awaitable[dict]] | None = None,
@@ -152,22 +176,23 @@ def build_api(service: Service, stats: Callable[[], Awaitable[dict]] | None = No
 
     @app.post("/api/encode")
     async def encode(request: Request):
-        """multipart ``image`` -> ``{"w": [L numbers]}``."""
-        img = await _image(await _form(request, limits), "image", service)
+        """multipart ``image`` (or the image as the body) -> ``{"w": [L numbers]}``."""
+        img, _ = await _upload(request, service)
         r = await service.encode(img)
         return JSONResponse({"w": r.w[0].tolist(), "latent_size": service.latent_size, "batch_size": r.batch_size},
                             headers={"X-Batch-Size": str(r.batch_size)})
 
     @app.post("/api/reconstruct")
     async def reconstruct(request: Request, format: str = "json"):
-        """multipart ``image`` -> ``{"w", "image_png_base64"}``; ``?format=png`` returns the PNG alone."""
+        """multipart ``image`` (or the image as the body) -> ``{"w", "image_png_base64"}``; ``?format=png``
+        returns the PNG alone."""
         if format not in ("json", "png"):
             raise InputError("'format' must be json or png", 422)
-        img = await _image(await _form(request, limits), "image", service)
+        img, _ = await _upload(request, service)
         r = await service.reconstruct(img)
         if format == "png":
-            return png(r.images[0], r.batch_size)
-        return JSONResponse({"w": r.w[0].tolist(), "image_png_base64": base64.b64encode(encode_png(r.images[0])).decode(),
+            return await png(r.images[0], r.batch_size)
+        return JSONResponse({"w": r.w[0].tolist(), "image_png_base64": base64.b64encode(await png_bytes(r.images[0])).decode(),
                              "batch_size": r.batch_size}, headers={"X-Batch-Size": str(r.batch_size)})
 
     @app.post("/api/decode")
@@ -177,7 +202,7 @@ def build_api(service: Service, stats: Callable[[], Awaitable[dict]] | None = No
         if not isinstance(body, dict) or "w" not in body:
             raise InputError("expected a JSON object with a 'w' field", 422)
         r = await service.decode(body["w"])
-        return png(r.images[0], r.batch_size)
+        return await png(r.images[0], r.batch_size)
 
     @app.post("/api/generate")
     async def generate(request: Request):
@@ -186,7 +211,7 @@ def build_api(service: Service, stats: Callable[[], Awaitable[dict]] | None = No
         if not isinstance(body, dict) or "seed" not in body:
             raise InputError("expected a JSON object with a 'seed' field", 422)
         r = await service.generate(body["seed"], body.get("psi"))
-        return png(r.images[0], r.batch_size)
+        return await png(r.images[0], r.batch_size)
 
     @app.post("/api/mix")
     async def mix(request: Request):
@@ -202,9 +227,9 @@ def build_api(service: Service, stats: Callable[[], Awaitable[dict]] | None = No
         r, rng = await service.mix(srcs, dsts, layers)
         headers = {"X-Style-Layers": f"{rng.start}:{rng.stop}"}
         if len(srcs) == 1 and len(dsts) == 1:
-            return png(r.images[0], r.batch_size, headers)
+            return await png(r.images[0], r.batch_size, headers)
         cells = r.images.reshape(len(dsts), len(srcs), *r.images.shape[1:])
-        return png(style_grid(np.stack(srcs), np.stack(dsts), cells), r.batch_size, headers)
+        return await png(style_grid(np.stack(srcs), np.stack(dsts), cells), r.batch_size, headers)
 
     @app.post("/api/interpolate")
     async def interpolate(request: Request):
@@ -214,7 +239,7 @@ def build_api(service: Service, stats: Callable[[], Awaitable[dict]] | None = No
         a = await _image(form, "a", service)
         b = await _image(form, "b", service)
         r = await service.interpolate(a, b, steps)
-        return png(strip(r.images), r.batch_size, {"X-Steps": str(len(r.images))})
+        return await png(strip(r.images), r.batch_size, {"X-Steps": str(len(r.images))})
 
     @app.get("/api/directions")
     async def directions():
@@ -234,15 +259,13 @@ def build_api(service: Service, stats: Callable[[], Awaitable[dict]] | None = No
             if not isinstance(body, dict) or "w" not in body:
                 raise InputError("expected a JSON object with a 'w' field (or a multipart 'image')", 422)
             fields, image, w = body, None, body["w"]
-        else:
-            form = await _form(request, limits)
-            fields = {k: _text(form, k, "") for k in ("direction", "strength", "layers")}
-            image, w = await _image(form, "image", service), None
+        else:  # multipart, or the image as the body and the fields in the query string
+            (image, fields), w = await _upload(request, service, ("direction", "strength", "layers")), None
         for k in ("direction", "strength"):
             if fields.get(k) in (None, ""):
                 raise InputError(f"missing field {k!r}", 422)
         r = await service.edit(fields["direction"], fields["strength"], fields.get("layers"), image=image, w_json=w)
-        return png(r.images[0], r.batch_size, {"X-Direction": str(fields["direction"])})
+        return await png(r.images[0], r.batch_size, {"X-Direction": str(fields["direction"])})
 
     @app.post("/api/refine")
     async def refine(request: Request, format: str = "json"):
@@ -250,14 +273,13 @@ def build_api(service: Service, stats: Callable[[], Awaitable[dict]] | None = No
         optimising w against the image, with their pixel errors; ``?format=png``: both side by side."""
         if format not in ("json", "png"):
             raise InputError("'format' must be json or png", 422)
-        form = await _form(request, limits)
-        steps = _text(form, "steps", "50")
-        img = await _image(form, "image", service)
+        img, fields = await _upload(request, service, ("steps",))
+        steps = fields.get("steps", "50")
         rec, refined, mse = await service.refine(img, steps)
         if format == "png":
-            return png(strip(np.stack([rec, refined])), 1)
-        return {"encoder_png_base64": base64.b64encode(encode_png(rec)).decode(),
-                "refined_png_base64": base64.b64encode(encode_png(refined)).decode(),
+            return await png(strip(np.stack([rec, refined])), 1)
+        return {"encoder_png_base64": base64.b64encode(await png_bytes(rec)).decode(),
+                "refined_png_base64": base64.b64encode(await png_bytes(refined)).decode(),
                 "mse_encoder": float(mse[0]), "mse_refined": float(mse[1]), "steps": int(steps)}
 
     # Outermost user middleware: it also caps uploads to a UI mounted on this app later.
