@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 METRIC_NAMES = ("fid", "fid_rec", "ppl_z", "ppl_w", "lpips_rec", "mnist_protocol")
