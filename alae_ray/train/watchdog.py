@@ -31,7 +31,7 @@ def start_ray(command: str, *, verbose: bool = False, runtime_env: dict | None =
     if ray.is_initialized():
         return
     level = logging.INFO if verbose else logging.WARNING
-    for name in ("ray", "ray.train", "ray.data", "ray.tune"):
+    for name in ("ray", "ray.train", "ray.data", "ray.tune", "ray.serve"):  # Serve sets its own at import
         logging.getLogger(name).setLevel(level)
     # The token notice repeats at every start; the docs say how token authentication works.
     logging.getLogger("ray._private.authentication").setLevel(level if verbose else logging.ERROR)
