@@ -31,7 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 FACES = REPO.parent / "shared" / "data" / "faces128"
 
 
-def train_tiny(directory: Path) -> str:
+def make_checkpoint(directory: Path, preset: str = "tiny", kimg: float = 0.3) -> str:
+    """``preset`` trained ``kimg`` on 64 random images (0: its networks at initialisation, the real
+    architecture's cost without training)."""
     import torch
 
     from alae_ray.core.checkpoint import write_checkpoint
@@ -39,21 +41,12 @@ def train_tiny(directory: Path) -> str:
     from alae_ray.core.loop import TensorImages, train
     from alae_ray.core.phases import ALAEPhases
 
-    cfg = load_config("tiny", [])
-    phases = ALAEPhases(cfg)
-    train(phases, TensorImages(torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1),
-          max_kimg=0.3)
-    return str(write_checkpoint(directory / "tiny", cfg, phases.tensors(), phases.progress()))
-
-
-def untrained(directory: Path, preset: str) -> str:
-    """A checkpoint of ``preset``'s networks at initialisation: the real architecture's cost, no training."""
-    from alae_ray.core.checkpoint import write_checkpoint
-    from alae_ray.core.config import load_config
-    from alae_ray.core.phases import ALAEPhases
-
     cfg = load_config(preset, [])
     phases = ALAEPhases(cfg)
+    if kimg:
+        r = cfg.model.max_resolution
+        x = torch.rand(64, cfg.model.channels, r, r, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        train(phases, TensorImages(x), max_kimg=kimg)
     return str(write_checkpoint(directory / preset, cfg, phases.tensors(), phases.progress()))
 
 
@@ -158,10 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     t0 = time.perf_counter()
-    checkpoint = args.checkpoint or (untrained(tmp, args.preset) if args.preset else train_tiny(tmp))
+    checkpoint = args.checkpoint or (make_checkpoint(tmp, args.preset, 0) if args.preset else make_checkpoint(tmp))
     if args.engine_only:
-        ckpt = checkpoint
-        r = engine_only(ckpt, args.device, args.batch_size, max(1, int(args.num_cpus)))
+        r = engine_only(checkpoint, args.device, args.batch_size, max(1, int(args.num_cpus)))
         print(json.dumps(r, indent=2) if args.json else
               f"model only ({r['device']}, {r['resolution']}px): " + ", ".join(
                   f"batch {k}: {v:.0f} img/s" for k, v in r["images_per_s"].items()) + f"; ratio {r['ratio']:.2f}x")
@@ -189,11 +181,12 @@ def main(argv: list[str] | None = None) -> int:
                                           batch_wait_timeout_s=args.batch_wait_ms / 1000.0)),
                       name=name, route_prefix=f"/{name}")
             url = f"{base}/{name}/api/reconstruct"
-            asyncio.run(drive(url, images, min(8, args.clients), 64, args.deadline_s))  # warm-up
+            asyncio.run(drive(url, images, min(8, args.clients), 64, args.deadline_s, args.raw))  # warm-up
             before = httpx.get(f"{base}/{name}/api/stats", timeout=30).json()["reconstruct"]["histogram"]
             r = asyncio.run(drive(url, images, args.clients, args.requests, args.deadline_s, args.raw))
             stats = httpx.get(f"{base}/{name}/api/stats", timeout=30).json()["reconstruct"]
-            r.update(max_batch_size=bs, batch_histogram=stats["histogram"], mean_batch=mean_batch(before, stats["histogram"]))
+            r.update(max_batch_size=bs, batch_histogram=stats["histogram"],
+                     mean_batch=mean_batch(before, stats["histogram"]))
             results[name] = r
             serve.delete(name)  # one at a time: both would share the same two cores
     finally:

@@ -141,20 +141,3 @@ def load_model(directory: str | Path, *, ema: bool = True, device: str | torch.d
 
 def is_checkpoint(directory: str | Path) -> bool:
     return all((Path(directory) / name).is_file() for name in (STATE_FILE, CONFIG_FILE, PROGRESS_FILE))
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """``path`` if it is a checkpoint, else the newest complete checkpoint directly inside it (a run
-    directory: Ray Train's ``checkpoint_<timestamp>`` folders; the most images seen wins)."""
-    path = Path(path)
-    if is_checkpoint(path) or not path.is_dir():
-        return path
-    found = []
-    for d in path.iterdir():
-        if d.is_dir() and not d.name.startswith(".") and is_checkpoint(d):
-            try:
-                seen = int(json.loads((d / PROGRESS_FILE).read_text()).get("images_seen", -1))
-            except (ValueError, TypeError, json.JSONDecodeError):
-                continue
-            found.append((seen, d.name, d))
-    return max(found)[2] if found else path  # none: the caller reports the directory as incomplete

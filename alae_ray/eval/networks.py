@@ -198,11 +198,13 @@ _WHAT = {"inception": ("FID's Inception-v3", ENV_INCEPTION, "--inception-weights
          "lpips": ("LPIPS's linear layers", ENV_LPIPS, "--lpips-weights")}
 
 
-def _weight_file(kind: str) -> tuple[str, str]:
+def _weight_file(kind: str) -> tuple[str, Path]:
+    """(where ``kind``'s weights are downloaded from, where torch.hub's cache keeps them)."""
     from pytorch_fid.inception import FID_WEIGHTS_URL
 
-    return {"inception": (FID_WEIGHTS_URL, INCEPTION_FILE), "vgg": (VGG16_URL, VGG16_FILE),
-            "lpips": (LPIPS_URL, LPIPS_FILE)}[kind]
+    url, name = {"inception": (FID_WEIGHTS_URL, INCEPTION_FILE), "vgg": (VGG16_URL, VGG16_FILE),
+                 "lpips": (LPIPS_URL, LPIPS_FILE)}[kind]
+    return url, Path(torch.hub.get_dir()) / "checkpoints" / name
 
 
 def find_weight_file(kind: str, explicit: str | os.PathLike | None = None) -> str | None:
@@ -211,7 +213,7 @@ def find_weight_file(kind: str, explicit: str | os.PathLike | None = None) -> st
     local = _local(explicit, env) or (_shipped_lpips_weights() if kind == "lpips" else None)
     if local is not None:
         return str(local)
-    path = Path(torch.hub.get_dir()) / "checkpoints" / _weight_file(kind)[1]
+    path = _weight_file(kind)[1]
     return str(path) if path.is_file() else None
 
 
@@ -223,9 +225,9 @@ def resolve_weight_file(kind: str, explicit: str | os.PathLike | None = None) ->
     found = find_weight_file(kind, explicit)
     if found is not None:
         return found
-    url, name = _weight_file(kind)
+    url, path = _weight_file(kind)
+    name = path.name
     what, env, option = _WHAT[kind]
-    path = Path(torch.hub.get_dir()) / "checkpoints" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     try:  # torch.hub downloads to a temporary name and renames: no half-written file is left
         torch.hub.download_url_to_file(url, str(path), progress=False)

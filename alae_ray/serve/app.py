@@ -152,16 +152,11 @@ class ModelServer:
                 loop.call_soon_threadsafe(events.put_nowait, ("step", step, loss))
 
         work = asyncio.ensure_future(asyncio.to_thread(self.engine.refine, image, steps, progress))
+        # Queued after every step the thread queued: both go through the loop's FIFO of callbacks.
+        work.add_done_callback(lambda _: events.put_nowait(None))
         try:
-            while True:
-                event = asyncio.ensure_future(events.get())
-                await asyncio.wait({event, work}, return_when=asyncio.FIRST_COMPLETED)
-                if not event.done():
-                    event.cancel()
-                    break
-                yield event.result()
-            while not events.empty():  # put before the thread returned
-                yield events.get_nowait()
+            while (event := await events.get()) is not None:
+                yield event
             self.refinements["finished"] += 1
             yield ("done", *work.result())
         finally:

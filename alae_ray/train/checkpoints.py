@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 
-from ..core.checkpoint import CONFIG_FILE, PROGRESS_FILE, STATE_FILE, CheckpointError, find_checkpoint
+from ..core.checkpoint import CONFIG_FILE, PROGRESS_FILE, STATE_FILE, CheckpointError
 from ..core.config import Config, ConfigError, from_dict
 
 
@@ -46,46 +45,29 @@ def checkpoint_info(uri: str) -> tuple[Config, dict]:
 
 def locate_checkpoint(uri: str, said_by: str | None = None) -> str:
     """``uri`` if it is a checkpoint, else the newest complete checkpoint directly inside it (a run
-    directory: Ray Train's ``checkpoint_<timestamp>`` folders; the most images seen wins), local or
-    ``s3://``; ``uri`` itself when it holds none, for the loader to say what is missing. ``said_by``
-    (e.g. ``"alae-ray serve: --checkpoint"``): tell the user on stderr which checkpoint was taken."""
-    local = uri[len("file://"):] if uri.startswith("file://") else uri
-    if "://" in local:
-        found = _newest_remote(uri)
-        same = found == uri
-    else:
-        found = str(find_checkpoint(local))
-        same = Path(found) == Path(local)
-    if same:
-        return uri
-    if said_by:
-        print(f"{said_by} {uri}: using its newest checkpoint {found}", file=sys.stderr, flush=True)
-    return found
-
-
-def _newest_remote(uri: str) -> str:
-    """``locate_checkpoint`` on an object store: two listings and one small read per checkpoint, no
-    download (a run directory holds several checkpoints of up to a GB each)."""
+    directory: Ray Train's ``checkpoint_<timestamp>`` folders; the most images seen wins), local,
+    ``file://`` or ``s3://``; ``uri`` itself when it holds none, for the loader to say what is missing.
+    On S3 that is two listings and one small read per checkpoint, no download (a run directory holds
+    several checkpoints of up to a GB each). ``said_by`` (e.g. ``"alae-ray serve: --checkpoint"``):
+    tell the user on stderr which checkpoint was taken."""
     import pyarrow.fs as pafs
 
     from ..data.storage import DatasetError, resolve
 
     needed = {STATE_FILE, CONFIG_FILE, PROGRESS_FILE}
+    found = []
     try:
-        loc = resolve(uri.rstrip("/"))
+        loc = resolve(uri.rstrip("/") or uri)
 
-        def listing(path: str) -> list:
-            return loc.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        def files(path: str) -> set[str]:
+            return {e.base_name for e in loc.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+                    if e.type == pafs.FileType.File}
 
-        entries = listing(loc.path)
-        if needed <= {e.base_name for e in entries if e.type == pafs.FileType.File}:
-            return uri
-        found = []
-        for d in entries:
-            if d.type != pafs.FileType.Directory or d.base_name.startswith("."):
-                continue
-            if not needed <= {e.base_name for e in listing(d.path) if e.type == pafs.FileType.File}:
-                continue  # still being uploaded, or not a checkpoint
+        if loc.fs.get_file_info(loc.path).type != pafs.FileType.Directory or needed <= files(loc.path):
+            return uri  # missing, a file, or a checkpoint itself
+        for d in loc.fs.get_file_info(pafs.FileSelector(loc.path)):
+            if d.type != pafs.FileType.Directory or d.base_name.startswith(".") or not needed <= files(d.path):
+                continue  # not a checkpoint, or one still being written or uploaded
             with loc.fs.open_input_stream(f"{d.path}/{PROGRESS_FILE}") as f:
                 try:
                     found.append((int(json.loads(f.read()).get("images_seen", -1)), d.base_name))
@@ -93,7 +75,13 @@ def _newest_remote(uri: str) -> str:
                     continue
     except (DatasetError, OSError) as exc:
         raise CheckpointError(f"checkpoint {uri!r}: cannot list it ({exc})".replace("\n", " ")) from None
-    return f"{uri.rstrip('/')}/{max(found)[1]}" if found else uri
+    if not found:
+        return uri
+    base = uri[len("file://"):] if uri.startswith("file://") else uri
+    newest = f"{base.rstrip('/')}/{max(found)[1]}"
+    if said_by:
+        print(f"{said_by} {uri}: using its newest checkpoint {newest}", file=sys.stderr, flush=True)
+    return newest
 
 
 AUTO_MIN_KIMG = 2.0  # automatic pacing never checkpoints more often than this

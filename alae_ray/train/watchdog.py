@@ -44,10 +44,10 @@ def start_ray(command: str, *, verbose: bool = False, runtime_env: dict | None =
         local = {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
     info = ray.init(address=address, log_to_driver=verbose, logging_level=level, runtime_env=runtime_env, **local)
     if not address:
-        cpus, gpus = ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0)
+        total = ray.cluster_resources()
         where = f"; dashboard at http://{info.dashboard_url}" if info.dashboard_url else ""
-        print(f"alae-ray {command}: started a local Ray ({cpus:g} CPUs, {gpus:g} GPUs){where}",
-              file=sys.stderr, flush=True)
+        print(f"alae-ray {command}: started a local Ray ({total.get('CPU', 0):g} CPUs, "
+              f"{total.get('GPU', 0):g} GPUs){where}", file=sys.stderr, flush=True)
 
 
 class StallError(RuntimeError):
