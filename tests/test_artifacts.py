@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 
 def test_upload_sends_only_new_or_changed_files_and_the_log_survives_a_restart(tmp_path, s3_bucket):
@@ -22,6 +23,13 @@ def test_upload_sends_only_new_or_changed_files_and_the_log_survives_a_restart(t
     assert "generations_00000.50kimg.png" not in second
     assert {"metrics.jsonl", "generations_00001.00kimg.png"} <= set(second)
     assert upload(local, uri) == []  # nothing changed: nothing sent
+    (local / "workers.json").write_text('{"node": "a"}')
+    assert upload(local, uri) == ["workers.json"]
+    (local / "workers.json").write_text('{"node": "b"}')  # rewritten at the same size (a restart, same node),
+    t = (local / "workers.json").stat().st_mtime_ns + 10**9  # a second later (as restarts are)
+    os.utime(local / "workers.json", ns=(t, t))
+    assert upload(local, uri) == ["workers.json"]
+    assert read_bytes(resolve(uri), "workers.json") == b'{"node": "b"}'
     log.close()
 
     # the worker group restarts on another node: its log continues the mirrored one

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -96,8 +97,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def two_node_cluster(tmp_path_factory):
-    """A head (3 CPUs) and a worker node (3 CPUs) on loopback; the dashboard takes job submissions."""
+def two_node_cluster(tmp_path_factory, s3_server):
+    """A head (3 CPUs) and a worker node (3 CPUs) on loopback; the dashboard takes job submissions.
+    Started after the S3 server, so every node's workers see the loopback endpoint."""
     tmp = tmp_path_factory.mktemp("cluster")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
@@ -114,32 +116,65 @@ def two_node_cluster(tmp_path_factory):
     # Short temp dirs (Ray's socket paths must fit in 107 characters), one per node: a shared one
     # would let the worker node's runtime-env agent delete the job's working directory (its own copy
     # of the same package) under the driver on the head when that node's last task using it ends.
-    temp_dir, worker_dir = Path("/tmp") / f"ray-{gcs}", Path("/tmp") / f"ray-{gcs}-w"
+    temp_dir = Path("/tmp") / f"ray-{gcs}"
+    nodes = [temp_dir]
+
+    def add_node() -> Path:
+        """A worker node joining the cluster; returns its temp dir (which names its processes)."""
+        node_dir = Path("/tmp") / f"ray-{gcs}-{len(nodes)}"
+        out = subprocess.run([ray, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
+                              "--num-cpus=3", f"--temp-dir={node_dir}", "--disable-usage-stats", *own_ports()],
+                             env=env, capture_output=True, text=True, timeout=180)
+        nodes.append(node_dir)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return node_dir
+
     head = subprocess.run([ray, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
                            "--num-cpus=3", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                            f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--disable-usage-stats", *own_ports()],
                           env=env, capture_output=True, text=True, timeout=180)
     assert head.returncode == 0, head.stderr[-2000:]
-    worker = subprocess.run([ray, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
-                             "--num-cpus=3", f"--temp-dir={worker_dir}", "--disable-usage-stats", *own_ports()],
-                            env=env, capture_output=True, text=True, timeout=180)
     try:
-        assert worker.returncode == 0, worker.stderr[-2000:]
-        yield {"address": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}", "env": env, "tmp": tmp}
+        worker = add_node()
+        yield {"address": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}", "env": env, "tmp": tmp,
+               "worker": worker, "add_node": add_node}
     finally:
-        stop_cluster(gcs, temp_dir, worker_dir)
+        stop_cluster(gcs, *nodes)
+
+
+def node_processes(*marks: str) -> list:
+    """Processes whose command line or open files name any of ``marks``: Ray's agents retitle
+    themselves ("ray::DashboardAgent") and are found by their log files under the node's temp dir."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            names = [" ".join(p.info["cmdline"] or []), *(f.path for f in p.open_files())]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if p.pid != os.getpid() and any(m in n for m in marks for n in names):
+            found.append(p)
+    return found
+
+
+def kill_node(node_dir: Path) -> int:
+    """SIGKILL a node: its raylet (object store included), agents and every worker process, as a
+    machine that dies would. Returns how many processes were killed."""
+    import psutil
+
+    procs = node_processes(f"{node_dir}/")
+    for p in procs:
+        p.kill()
+    psutil.wait_procs(procs, timeout=30)
+    return len(procs)
 
 
 def stop_cluster(gcs_port: int, *temp_dirs: Path) -> None:
     """Stop this cluster's processes only (`ray stop` would kill every Ray on the machine)."""
     import psutil
 
-    marks = (*map(str, temp_dirs), f"127.0.0.1:{gcs_port}", f"--gcs_server_port={gcs_port}")
-    procs = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if p.pid != os.getpid() and any(m in cmd for m in marks):
-            procs.append(p)
+    procs = node_processes(*map(str, temp_dirs), f"127.0.0.1:{gcs_port}", f"--gcs_server_port={gcs_port}")
     for p in procs:
         p.terminate()
     _, alive = psutil.wait_procs(procs, timeout=20)
@@ -149,18 +184,21 @@ def stop_cluster(gcs_port: int, *temp_dirs: Path) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def submit(cluster, *entrypoint: str, timeout: float = 900) -> str:
-    """`ray job submit --working-dir` a copy of the project; returns the job's logs once it succeeded."""
+def submit(cluster, *entrypoint: str, wait: bool = True, timeout: float = 900) -> str:
+    """`ray job submit --working-dir` a copy of the project; returns the job's logs once it succeeded
+    (``wait=False``: its id, at once)."""
     env = {**cluster["env"], "RAY_ADDRESS": cluster["address"]}
     for _ in range(20):  # a fresh head's job agent takes a while to come up
-        out = subprocess.run([str(BIN / "ray"), "job", "submit", "--working-dir", str(ROOT),
-                              "--runtime-env", str(ROOT / "deploy" / "runtime_env.yaml"), "--", *entrypoint],
-                             env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        out = subprocess.run([str(BIN / "ray"), "job", "submit", *([] if wait else ["--no-wait"]),
+                              "--working-dir", str(ROOT), "--runtime-env", str(ROOT / "deploy" / "runtime_env.yaml"),
+                              "--", *entrypoint], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
         if "No available agent" not in out.stdout + out.stderr:
             break
         time.sleep(3)
     errors = [line for line in (out.stdout + out.stderr).splitlines() if "Error" in line or "error:" in line]
     assert out.returncode == 0, ("\n".join(errors[-10:]), out.stdout[-3000:], out.stderr[-1000:])
+    if not wait:
+        return re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
     assert "succeeded" in (out.stdout + out.stderr).lower()  # "Job ... succeeded"
     return out.stdout
 
@@ -174,24 +212,65 @@ def cluster_nodes(cluster) -> set[str]:
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+# Two workers of 2 CPUs cannot share a 3-CPU node: one lands on each node. 16 iterations of 32
+# images at 4x4, a checkpoint every 4; data and runs on S3, as nodes share no disk.
+KIMG, TICK_KIMG, CHECKPOINT_KIMG = 0.512, 0.032, 0.128
+LOSSES = ("loss_d", "r1", "loss_g", "loss_lae")
+
+
+@pytest.fixture(scope="module")
+def cluster_data(two_node_cluster, s3_bucket_factory):
+    from alae_ray.data import PrepareOptions, prepare
+    from alae_ray.data.sources import shapes_source
+
+    bucket = s3_bucket_factory("cluster")
+    prepare(shapes_source(2000, 32, seed=0), f"{bucket}/shapes", PrepareOptions(progress=False))
+    return bucket
+
+
+def train_job(cluster, bucket: str, name: str) -> list[str]:
+    return [sys.executable, "-m", "alae_ray.cli", "train", "--data", f"{bucket}/shapes", "--workers", "2",
+            "--cpus-per-worker", "2", "--max-kimg", str(KIMG), "--tick-kimg", str(TICK_KIMG),
+            "--checkpoint-kimg", str(CHECKPOINT_KIMG), "--storage", f"{bucket}/runs", "--name", name]
+
+
+def run_files(bucket: str, name: str) -> dict[str, bytes]:
+    """Every file of a run on S3 (checkpoints, artifacts), by path within the run."""
+    import pyarrow.fs as pafs
+
+    from alae_ray.data.storage import resolve
+
+    loc = resolve(f"{bucket}/runs/{name}")
+    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
+    return {i.path[len(loc.path) + 1:]: loc.fs.open_input_file(i.path).readall()
+            for i in infos if i.type == pafs.FileType.File}
+
+
+def metrics_rows(files: dict[str, bytes]) -> list[dict]:
+    return [json.loads(line) for line in files["artifacts/metrics.jsonl"].decode().splitlines()]
+
+
+def final_progress(files: dict[str, bytes]) -> dict:
+    last = max(k for k in files if k.startswith("checkpoint_") and k.endswith("/progress.json"))
+    return json.loads(files[last])
+
+
+@pytest.fixture(scope="module")
+def straight_run(two_node_cluster, cluster_data):
+    submit(two_node_cluster, *train_job(two_node_cluster, cluster_data, "straight"))
+    return run_files(cluster_data, "straight")
+
+
 @pytest.mark.ray
 @pytest.mark.e2e
-def test_training_job_runs_on_both_nodes(two_node_cluster):
-    tmp = two_node_cluster["tmp"]
-    storage, cache = tmp / "runs", tmp / "cache"
-    # Two workers of 2 CPUs cannot share a 3-CPU node: one lands on each node.
-    submit(two_node_cluster, "env", f"ALAE_RAY_CACHE={cache}", sys.executable, "-m", "alae_ray.cli",
-           "train", "--workers", "2", "--cpus-per-worker", "2", "--max-kimg", "0.128",
-           "--tick-kimg", "0.032", "--checkpoint-kimg", "0.064", "--storage", str(storage), "--name", "job")
-    run_dir = storage / "job"
-    checkpoints = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
-    assert checkpoints and (checkpoints[-1] / "state.safetensors").is_file()
-    progress = json.loads((checkpoints[-1] / "progress.json").read_text())
-    assert progress["images_seen"] == 128
-    placement = json.loads((run_dir / "artifacts" / "workers.json").read_text())
+def test_training_job_runs_on_both_nodes(two_node_cluster, straight_run):
+    assert final_progress(straight_run)["images_seen"] == round(KIMG * 1000)
+    placement = json.loads(straight_run["artifacts/workers.json"])
     assert [w["rank"] for w in placement] == [0, 1]
     used = {w["node_id"] for w in placement}
     assert len(used) == 2 and used <= cluster_nodes(two_node_cluster)
+    rows = metrics_rows(straight_run)
+    assert [r["iteration"] for r in rows] == list(range(1, round(KIMG / TICK_KIMG) + 1))
 
 
 @pytest.mark.ray
@@ -215,3 +294,50 @@ def test_tune_job_runs_on_the_cluster(two_node_cluster):
     from alae_ray.core.config import load_config
 
     assert load_config(best).name  # the exported preset loads
+
+
+@pytest.mark.ray
+@pytest.mark.e2e
+def test_a_lost_node_costs_no_images_no_metrics_and_no_exactness(two_node_cluster, cluster_data, straight_run,
+                                                                 monkeypatch):
+    """A worker node dies mid-run (raylet, object store, workers: SIGKILL) and another joins, as an
+    autoscaler would bring: the run restarts from its last checkpoint, seeking to its data position,
+    and ends as the uninterrupted run did, loss for loss."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    client = JobSubmissionClient(two_node_cluster["address"])
+    before = cluster_nodes(two_node_cluster)
+    job = submit(two_node_cluster, *train_job(two_node_cluster, cluster_data, "killed"), wait=False)
+    deadline = time.monotonic() + 600
+    while True:  # past the first checkpoint, before the next
+        logs = client.get_job_logs(job)
+        done = [float(k) for k in re.findall(r"kimg\s+([\d.]+) of", logs)]
+        if done and max(done) >= CHECKPOINT_KIMG + TICK_KIMG:
+            break
+        assert client.get_job_status(job) in (JobStatus.PENDING, JobStatus.RUNNING), logs[-3000:]
+        assert time.monotonic() < deadline, f"no training progress in 600 s:\n{logs[-3000:]}"
+        time.sleep(0.5)
+    assert kill_node(two_node_cluster["worker"]) >= 2  # the raylet and at least the training worker
+    two_node_cluster["add_node"]()
+    while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        assert time.monotonic() < deadline + 600, f"the job did not end:\n{client.get_job_logs(job)[-3000:]}"
+        time.sleep(2)
+    logs = client.get_job_logs(job)
+    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
+
+    after = cluster_nodes(two_node_cluster)
+    files = run_files(cluster_data, "killed")
+    used = {w["node_id"] for w in json.loads(files["artifacts/workers.json"])}
+    assert len(before - after) == 1 and used <= after and used - before  # finished on the new node
+    assert final_progress(files)["images_seen"] == round(KIMG * 1000)
+    rows = metrics_rows(files)
+    iterations = [r["iteration"] for r in rows]
+    restart = next(i for i in range(1, len(rows)) if iterations[i] <= iterations[i - 1])
+    assert iterations[:restart] == list(range(1, restart + 1))  # whole before the loss ...
+    assert iterations[restart:] == list(range(iterations[restart], iterations[-1] + 1))  # ... and after it,
+    assert iterations[restart] <= iterations[restart - 1] and iterations[-1] == round(KIMG / TICK_KIMG)
+    assert rows[restart - 1]["kimg"] > CHECKPOINT_KIMG  # lost after the first checkpoint
+    want = {r["iteration"]: r for r in metrics_rows(straight_run)}
+    for r in rows:  # the iterations redone after the restart too: the same numbers, on CPU exactly
+        assert {k: r[k] for k in LOSSES} == {k: want[r["iteration"]][k] for k in LOSSES}, r["iteration"]

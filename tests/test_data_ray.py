@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pyarrow as pa
@@ -73,30 +72,27 @@ def test_every_epoch_is_a_new_shuffle_of_all_rows(ray_local, faces):
     assert again[0] == epochs[0]  # a seed makes the sequence of epoch orders reproducible
 
 
-def test_two_workers_get_disjoint_shards_covering_the_level(ray_local, faces):
-    from alae_ray.data import level_dataset
+def test_each_rank_reads_its_slice_from_s3_in_the_planned_order(ray_local, faces):
+    """What a training worker iterates each epoch: its segments as a Ray Dataset, in order."""
+    from ray.data import DataContext
 
-    # The mechanism Ray Train's get_dataset_shard uses (DataConfig: streaming_split, equal=True).
-    splits = level_dataset(faces, 32, "train").streaming_split(2, equal=True)
-    seen: list[list[int]] = [[], []]
+    from alae_ray.data import stream
+    from alae_ray.data.ray_reader import segments_dataset
+    from alae_ray.data.reader import location
 
-    def consume(i: int) -> None:
-        for _ in range(2):  # two epochs per worker
-            ids = [int(v) for b in splits[i].iter_batches(batch_size=16, batch_format="numpy") for v in b["id"]]
-            seen[i].append(ids)
-
-    threads = [threading.Thread(target=consume, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert all(len(s) == 2 for s in seen)
-    everything = set(read_level_numpy(faces, 32, "train")["id"].tolist())
-    for epoch in range(2):
-        a, b = seen[0][epoch], seen[1][epoch]
-        assert len(a) == len(b) == 65 and len(set(a)) == 65
-        assert not set(a) & set(b) and set(a) | set(b) == everything
-    assert seen[0][0] != seen[0][1]
+    DataContext.get_current().execution_options.preserve_order = True
+    blocks = stream.blocks(faces, 32)
+    seen = []
+    for rank in range(2):
+        plan = stream.plan_epoch(blocks, seed=3, resolution=32, epoch=1, rank=rank, world=2, window=40)
+        got = {k: np.concatenate([b[k] for b in segments_dataset(faces, 32, list(plan.segments)).iter_batches(
+            batch_size=None, batch_format="numpy")]) for k in ("id", "image")}
+        here = [stream.read_segment(location(faces), 3, 32, s) for s in plan.segments]
+        np.testing.assert_array_equal(got["id"], np.concatenate([h["id"] for h in here]))
+        np.testing.assert_array_equal(got["image"], np.concatenate([h["image"] for h in here]))
+        assert got["image"].shape == (65, 3, 32, 32)
+        seen.append(set(got["id"].tolist()))
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(read_level_numpy(faces, 32, "train")["id"].tolist())
 
 
 def test_mnist_level_through_ray(ray_local, s3_bucket, shared_data):

@@ -64,6 +64,12 @@ def schema_for(channels: int, resolution: int, columns: dict[str, pa.DataType]) 
     return pa.schema(fields, metadata={"alae_ray": json.dumps({"schema_version": SCHEMA_VERSION, "channels": channels, "resolution": resolution})})
 
 
+def row_group_rows(width: int) -> int:
+    """Rows per Parquet row group for rows of ``width`` pixel bytes: ~16 MiB, so readers stream within
+    a shard, and training's blocks (``alae_ray.data.stream``) are these row groups."""
+    return max(1, (16 << 20) // max(1, width))
+
+
 def encode_shard(ids: np.ndarray, keys: list[str], images: np.ndarray, columns: dict[str, np.ndarray],
                  schema: pa.Schema) -> bytes:
     """A Parquet file in memory (so it is uploaded whole or not at all)."""
@@ -74,10 +80,9 @@ def encode_shard(ids: np.ndarray, keys: list[str], images: np.ndarray, columns: 
     arrays += [pa.array(columns[f.name], f.type) for f in list(schema)[3:]]
     table = pa.Table.from_arrays(arrays, schema=schema)
     buf = io.BytesIO()
-    # Row groups of ~16 MiB let readers stream within a shard; no statistics or dictionary on the
-    # pixel column (min/max of image bytes would double a row group's footer for nothing).
-    row_group = max(1, (16 << 20) // max(1, width))
-    pq.write_table(table, buf, compression="zstd", compression_level=1, row_group_size=row_group,
+    # No statistics or dictionary on the pixel column (min/max of image bytes would double a row
+    # group's footer for nothing).
+    pq.write_table(table, buf, compression="zstd", compression_level=1, row_group_size=row_group_rows(width),
                    use_dictionary=["key"], write_statistics=["id"])
     return buf.getvalue()
 

@@ -1,6 +1,8 @@
-"""Ray Data datasets over a prepared dataset, one per level, for Ray Train workers.
+"""Ray Data datasets over a prepared dataset.
 
-Usage on the driver and in the training loop::
+``segments_dataset``: the rows of given segments, in order (what ``alae-ray train``'s workers read,
+epoch by epoch, following ``alae_ray.data.stream``'s plan). ``level_dataset``: a whole level, for
+your own pipelines, e.g. a TorchTrainer of your own::
 
     manifest = open_dataset("s3://bucket/ffhq")
     trainer = TorchTrainer(loop, datasets=level_datasets(manifest), ...)   # every level, lazily
@@ -26,6 +28,8 @@ from ray.data import FileShuffleConfig, RandomSeedConfig
 from . import layout
 from .layout import Manifest
 from .reader import check_level_schemas, location, open_dataset
+from .storage import Location
+from .stream import Segment, read_segment
 
 Shuffle = Literal["rows", "files", "none"]
 
@@ -44,6 +48,22 @@ def _decode(table: pa.Table, channels: int, resolution: int) -> dict[str, np.nda
         if name != "image":
             out[name] = table.column(name).to_numpy(zero_copy_only=False)
     return out
+
+
+def _read_segments(items: dict[str, np.ndarray], loc: Location, channels: int, resolution: int
+                   ) -> dict[str, np.ndarray]:
+    parts = [read_segment(loc, channels, resolution, Segment(str(p), int(a), int(b)))
+             for p, a, b in zip(items["path"], items["start"], items["stop"])]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def segments_dataset(manifest: Manifest, resolution: int, segments: list[Segment]) -> ray.data.Dataset:
+    """The rows (``id``, ``image`` uint8 [C, R, R]) of ``segments``, one read task per segment (a
+    row group or less); iterate it with the DataContext's ``preserve_order`` set to keep their order."""
+    items = [{"path": s.path, "start": s.start, "stop": s.stop} for s in segments]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    return ds.map_batches(_read_segments, batch_size=1, fn_kwargs={
+        "loc": location(manifest), "channels": manifest.channels, "resolution": resolution})
 
 
 def level_dataset(manifest: Manifest | str, resolution: int, split: str = "train", *,

@@ -124,27 +124,36 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path) -> Path | None:
     return png_path
 
 
-def _remote_sizes(loc) -> dict[str, int]:
-    import pyarrow.fs as pafs
-
-    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True, allow_not_found=True))
-    return {i.path[len(loc.path) + 1:]: i.size for i in infos if i.type == pafs.FileType.File}
+LEDGER = ".uploaded.json"  # what upload last sent: {path: [size, mtime_ns]} (dot files are not sent)
 
 
 def upload(local_dir: str | Path, uri: str) -> list[str]:
     """Mirror the artifacts folder to remote storage (s3://...), so a cluster run's samples are not
-    stranded on whichever node hosted rank 0. Only files that are new or changed in size are sent
-    (grids are written once; the logs grow). Returns what was sent."""
+    stranded on whichever node hosted rank 0. Only files new or changed since this folder's last
+    upload are sent (grids are written once; the logs grow); ``workers.json`` rewritten after a
+    restart is a change even at the same size. Returns what was sent."""
     from ..data.storage import resolve, write_bytes_atomic
 
+    local_dir = Path(local_dir)
+    ledger_path = local_dir / LEDGER
+    try:
+        sent_before = json.loads(ledger_path.read_text())
+    except (OSError, ValueError):  # a folder new on this node: send everything once
+        sent_before = {}
     loc = resolve(uri)
-    remote = _remote_sizes(loc)
-    sent = []
-    for path in sorted(Path(local_dir).rglob("*")):
+    ledger, sent = {}, []
+    for path in sorted(local_dir.rglob("*")):
         rel = path.relative_to(local_dir).as_posix()
-        if path.is_file() and not path.name.startswith(".") and remote.get(rel) != path.stat().st_size:
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        st = path.stat()
+        ledger[rel] = [st.st_size, st.st_mtime_ns]
+        if sent_before.get(rel) != ledger[rel]:
             write_bytes_atomic(loc, rel, path.read_bytes())  # no directory markers: plain object writes
             sent.append(rel)
+    tmp = ledger_path.with_name(f"{LEDGER}.tmp")
+    tmp.write_text(json.dumps(ledger))
+    os.replace(tmp, ledger_path)
     return sent
 
 

@@ -17,6 +17,7 @@ from ..core.config import Config, ConfigError, load_config
 from ..core.schedule import micro_batch, per_worker_batch, stage_at, total_kimg
 from ..data import open_dataset, prepare, read_first_rows
 from ..data.prepare import PrepareOptions
+from ..data.reader import check_level_schemas
 from ..data.sources import shapes_source
 from ..data.storage import DatasetError, resolve
 from .checkpoints import checkpoint_info
@@ -48,7 +49,7 @@ class TrainOptions:
     #                                  cluster, 0 on a local Ray). A non-finite loss is never retried.
     stall_timeout_s: float = 600.0  # Stop when nothing has happened for this long (0: wait for ever).
     flip: bool = True  # Random horizontal flips.
-    shuffle_buffer: int = 2048  # Rows in each worker's per-epoch shuffle buffer.
+    shuffle_buffer: int = 2048  # Rows each worker permutes together (fewer where they pass 256 MiB).
     cpus_per_worker: float = 1.0
     shapes_count: int = EMBEDDED_COUNT  # Size of the embedded procedural dataset.
     artifacts: str | None = None  # Local folder for samples/metrics/TensorBoard (default: beside the
@@ -131,6 +132,8 @@ def plan(opts: TrainOptions) -> Plan:
                                          opts.shapes_count, cfg.train.seed)
     manifest = open_dataset(data)
     resolutions = _data_resolutions(cfg, manifest)
+    for r in resolutions:  # a wrong shard fails here, named, rather than inside a read task
+        check_level_schemas(manifest, r)
     name = opts.name or cfg.name
     storage_path, storage_fs = _storage(opts.storage)
     if opts.artifacts:
@@ -165,10 +168,8 @@ def _tuning_inputs(opts: TrainOptions, cfg: Config, manifest, resolutions: list[
 
 def build_trainer(opts: TrainOptions, p: Plan | None = None):
     import ray.train
-    from ray.data import DataContext, ExecutionOptions
     from ray.train.torch import TorchTrainer
 
-    from ..data.ray_reader import level_datasets
     from .worker import train_loop_per_worker
 
     p = p or plan(opts)
@@ -184,17 +185,13 @@ def build_trainer(opts: TrainOptions, p: Plan | None = None):
         "console": opts.console, "data_resolution": resolutions[0] if cfg.model.kind == "mlp" else None,
         "threads": max(1, int(opts.cpus_per_worker)), "fail_at_kimg": opts.fail_at_kimg,
         "init_checkpoint": opts.init_checkpoint, "init_data_position": opts.init_data_position,
-        "objective": opts.objective, "held_out": held_out, "board": board_name,
+        "objective": opts.objective, "held_out": held_out, "board": board_name, "data": p.data,
     }
-    DataContext.get_current().enable_progress_bars = False  # one console line per tick instead
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=opts.workers, use_gpu=opts.gpu,
                                                resources_per_worker={"CPU": opts.cpus_per_worker}),
-        # Stored order + seeded per-epoch local shuffles in the worker make the stream reproducible.
-        datasets=level_datasets(manifest, "train", resolutions, shuffle="none"),
-        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
         run_config=ray.train.RunConfig(
             name=p.name, storage_path=p.storage_path, storage_filesystem=p.storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=opts.keep),

@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 
 def start_ray(command: str, *, verbose: bool = False, runtime_env: dict | None = None) -> None:
@@ -145,7 +146,9 @@ class ProgressBoard:
 
 def new_board() -> tuple[object, str]:
     name = f"alae-ray-progress-{uuid.uuid4().hex[:12]}"
-    return ProgressBoard.options(name=name).remote(), name
+    # On the driver's node, like Ray Train's controller: it outlives any worker node.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ProgressBoard.options(name=name, scheduling_strategy=here).remote(), name
 
 
 _boards: dict[str, object] = {}  # this process's handles, by board name

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import ray.data
 import ray.train
 import ray.train.torch
 
@@ -29,64 +30,73 @@ from ..core.loop import Tick, train
 from ..core.phases import ALAEPhases, NonFiniteLossError, Shard
 from ..core.pixels import from_uint8, ingest
 from ..core.schedule import Stage
-from ..data.ray_reader import dataset_key
+from ..data import stream
+from ..data.ray_reader import segments_dataset
+from ..data.reader import open_dataset
+from ..data.storage import DatasetError
 from .checkpoints import AUTO_BUDGET, AUTO_MIN_KIMG, CheckpointPacer
 from . import artifacts
 from .watchdog import beat
 
 
 class ShardStream:
-    """This worker's batches of the current level, epoch after epoch, resumable to the batch.
+    """This worker's batches of the current level, epoch after epoch, from a position.
 
-    The level datasets keep their stored (seeded, shuffled at preparation) order; each epoch is
-    reshuffled here with a local buffer seeded by (seed, level, epoch, rank), so the stream is a
-    pure function of its position and a resumed run sees exactly the batches it would have seen.
-    Flips are decided per (row id, epoch) for the same reason.
+    The order is ``alae_ray.data.stream``'s: a pure function of (seed, level, epoch, rank, world), so
+    a position (level, epoch, rows taken) is all a resume needs, and it starts reading there. Each
+    epoch is a Ray Dataset of this rank's segments. Flips are decided per (row id, epoch).
     """
 
-    def __init__(self, seed: int, rank: int, flip: bool, buffer: int, data_resolution: int | None, model: ModelConfig,
-                 board: str | None = None, device: torch.device = torch.device("cpu")):
-        self.seed, self.rank, self.flip, self.buffer, self.device = seed, rank, flip, buffer, device
-        self.data_resolution, self.model, self.board = data_resolution, model, board
+    def __init__(self, data: str, seed: int, rank: int, world: int, flip: bool, buffer: int,
+                 data_resolution: int | None, model: ModelConfig, board: str | None = None,
+                 device: torch.device = torch.device("cpu")):
+        self.manifest = open_dataset(data)
+        self.seed, self.rank, self.world, self.flip, self.buffer = seed, rank, world, flip, buffer
+        self.data_resolution, self.model, self.board, self.device = data_resolution, model, board, device
         self.resolution: int | None = None
         self.epoch = 0
-        self.batches = 0  # batches taken in the current epoch
+        self.rows: int | None = 0  # rows taken in the current epoch (None: from a checkpoint in batches)
+        self._batches = 0
         self._it = None
-        self._skip = 0
 
     def state_dict(self) -> dict:
-        return {"resolution": self.resolution, "epoch": self.epoch, "batches": self.batches}
+        return {"resolution": self.resolution, "epoch": self.epoch, "rows": self.rows}
 
     def load_state_dict(self, state: dict) -> None:
-        self.resolution, self.epoch, self.batches = state["resolution"], state["epoch"], state["batches"]
-        self._it, self._skip = None, self.batches  # reopen lazily and fast-forward
+        # Older checkpoints counted batches; the batch size turns them into rows.
+        self.resolution, self.epoch, self.rows = state["resolution"], state["epoch"], state.get("rows")
+        self._batches, self._it = state.get("batches", 0), None
 
     def _open(self, n: int) -> None:
-        shard = ray.train.get_dataset_shard(dataset_key(self.resolution))
-        level_seed = (self.seed * 1_000_003 + self.resolution * 7919 + self.epoch * 104_729 + self.rank) % 2**31
-        self._it = iter(shard.iter_batches(batch_size=n, batch_format="numpy", drop_last=True,
-                                           local_shuffle_buffer_size=max(self.buffer, n),
-                                           local_shuffle_seed=level_seed, prefetch_batches=2))
+        res, m = self.resolution, self.manifest
+        plan = stream.plan_epoch(stream.blocks(m, res), seed=self.seed, resolution=res, epoch=self.epoch,
+                                 rank=self.rank, world=self.world,
+                                 window=stream.window_rows(self.buffer, m.channels, res))
+        if plan.rows < n:
+            raise DatasetError(f"{m.uri}: level {res}px has {m.count(res)} training images, {plan.rows} for each of "
+                               f"{self.world} workers: fewer than a batch of {n}")
+        segments, _ = plan.from_row(self.rows)
+        chunks = segments_dataset(m, res, segments).iter_batches(batch_size=None, batch_format="numpy",
+                                                                 prefetch_batches=2)
+        self._it = stream.batches(plan, self.rows, chunks, n)
 
     def __call__(self, stage: Stage, n: int) -> torch.Tensor:
         res = self.data_resolution or stage.resolution
         if res != self.resolution:  # a new level starts its own epochs
-            self.resolution, self.epoch, self.batches, self._it, self._skip = res, 0, 0, None, 0
+            self.resolution, self.epoch, self.rows, self._it = res, 0, 0, None
+        if self.rows is None:
+            self.rows = self._batches * n
         while True:
             if self._it is None:
                 beat(self.board, f"rank {self.rank}: the first batch of epoch {self.epoch} of the {res}px data "
                                  f"(Ray Data's read tasks need a free CPU)")
                 self._open(n)
-                for _ in range(self._skip):  # to the saved position (the epoch may be shorter: another dataset)
-                    if next(self._it, None) is None:
-                        break
-                self._skip = 0
             batch = next(self._it, None)
             if batch is not None:
                 beat(self.board, f"rank {self.rank}: training on {res}px batches")
                 break
-            self.epoch, self.batches, self._it = self.epoch + 1, 0, None
-        self.batches += 1
+            self.epoch, self.rows, self._it = self.epoch + 1, 0, None
+        self.rows += n
         return ingest(batch["image"], batch["id"], self.epoch, self.model, self.device, self.flip)
 
 
@@ -127,11 +137,14 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    data_context = ray.data.DataContext.get_current()
+    data_context.execution_options.preserve_order = True  # the segments' order is the stream's
+    data_context.enable_progress_bars = False  # one console line per tick instead
     phases = ALAEPhases(cfg, device, Shard(rank, world))
     board = config.get("board")
     beat(board, f"rank {rank} of {world} started on {socket.gethostname()}")
-    stream = ShardStream(cfg.train.seed, rank, config["flip"], config["shuffle_buffer"],
-                         config.get("data_resolution"), cfg.model, board, device)
+    data = ShardStream(config["data"], cfg.train.seed, rank, world, config["flip"], config["shuffle_buffer"],
+                       config.get("data_resolution"), cfg.model, board, device)
     out_dir = Path(config["artifacts_dir"])
     fixed: dict[str, torch.Tensor] = {}
 
@@ -139,13 +152,13 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint is None and config.get("init_checkpoint"):  # a new run started from another run's checkpoint
         progress = _init_from(config["init_checkpoint"], phases, device, rank, out_dir)
         if config.get("init_data_position") and "data" in progress:
-            stream.load_state_dict(progress["data"])
+            data.load_state_dict(progress["data"])
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             _, tensors, progress = read_checkpoint(Path(d), device)
         phases.load(tensors, progress)
         _restore_rng(tensors, phases)
-        stream.load_state_dict(progress["data"])
+        data.load_state_dict(progress["data"])
         fixed = {k[len("fixed."):]: v for k, v in tensors.items() if k.startswith("fixed.")}
         if rank == 0:
             print(f"resumed from checkpoint at {phases.kimg:.2f} kimg (iteration {phases.iteration})", flush=True)
@@ -176,7 +189,7 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {"kimg": tick.kimg, "iteration": tick.iteration, "level": s.level, "resolution": s.resolution,
                    "alpha": s.alpha, "batch": s.batch, "lr": s.lr, **_mean_over_ranks(tick.losses),
                    "sec_per_kimg": tick.sec_per_kimg, "images_per_sec": tick.images_per_sec,
-                   "epoch": stream.epoch, "wall_s": time.perf_counter() - t0}
+                   "epoch": data.epoch, "wall_s": time.perf_counter() - t0}
         if evaluator is not None:
             metrics.update(evaluator(phases.ema, s))
         if phases.cuda:
@@ -200,7 +213,7 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0:  # written to local disk now, uploaded by Ray Train in the background
                 tensors = {**phases.tensors(), **rng, **{f"fixed.{k}": v for k, v in fixed.items()}}
                 path = write_checkpoint(Path(tempfile.gettempdir()) / f"alae-ray-checkpoint-{uuid.uuid4().hex}", cfg,
-                                        tensors, {**phases.progress(), "data": stream.state_dict(), "kimg": tick.kimg})
+                                        tensors, {**phases.progress(), "data": data.state_dict(), "kimg": tick.kimg})
                 ckpt = ray.train.Checkpoint.from_directory(str(path))
             # ASYNC: training goes on while the checkpoint uploads (the local copy is deleted after);
             # Ray Train waits for the last upload before the run ends.
@@ -218,7 +231,7 @@ def train_loop_per_worker(config: dict) -> None:
             os._exit(1)  # a hard crash of one worker process, not an exception
 
     try:
-        train(phases, stream, max_kimg=max_kimg, tick_kimg=config["tick_kimg"], on_tick=on_tick)
+        train(phases, data, max_kimg=max_kimg, tick_kimg=config["tick_kimg"], on_tick=on_tick)
     except NonFiniteLossError as exc:
         # Not an exception for Ray Train to retry (a restart from the last checkpoint would meet the
         # same NaN): every rank stops here, and the driver raises it (the board carries the message).
