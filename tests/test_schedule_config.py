@@ -87,6 +87,8 @@ def test_overrides_and_unknown_keys():
         load_config("tiny", ["model.max_resolution=48"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config("tiny", ["train.r1_gamma"])
+    with pytest.raises(ConfigError, match="train.seed must be >= 0, got -1"):
+        load_config("tiny", ["train.seed=-1"])
 
 
 def test_cli_info_prints_parameter_counts():

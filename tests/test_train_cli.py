@@ -102,3 +102,14 @@ def test_a_starved_run_stops_and_says_what_it_waited_for(tmp_path):
     assert "no progress for" in message and "limit 20 s" in message
     assert "the first batch of epoch 0 of the 4px data" in message and "0 of 2 CPUs free" in message
     assert time.monotonic() - t0 < 300
+
+
+def test_local_paths_on_a_cluster_of_several_machines_are_warned_about():
+    from alae_ray.train.watchdog import local_paths_warning
+
+    paths = {"--data": "/home/me/data", "--storage": "/home/me/runs"}
+    assert local_paths_warning(paths, "10.0.0.1", {"10.0.0.1"}) is None  # one machine: its disk is everyone's
+    assert local_paths_warning({"--data": "s3://b/d", "--storage": None}, "10.0.0.1", {"10.0.0.1", "10.0.0.2"}) is None
+    warning = local_paths_warning(paths, "10.0.0.1", {"10.0.0.1", "10.0.0.2"})
+    assert warning.startswith("--data /home/me/data, --storage /home/me/runs are local paths")
+    assert "(10.0.0.2)" in warning and "s3://" in warning

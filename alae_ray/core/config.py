@@ -192,6 +192,8 @@ def validate(cfg: Config) -> Config:
     if t.r1_interval < 1 or t.batch_gpu < 0:
         raise ConfigError(f"train.r1_interval must be >= 1 (got {t.r1_interval}) and train.batch_gpu >= 0 "
                           f"(got {t.batch_gpu})")
+    if t.seed < 0:  # it seeds NumPy's streams (the data order) as well as torch's
+        raise ConfigError(f"train.seed must be >= 0, got {t.seed}")
     return cfg
 
 

@@ -115,6 +115,22 @@ def preflight(needs: Needs, *, strict: bool) -> str | None:
     return warning and warning.replace("scale up.", "scale up (bounded by --stall-timeout).")
 
 
+def local_paths_warning(paths: dict[str, str | None], here: str, node_ips: set[str]) -> str | None:
+    """A warning when local paths (not ``s3://``) are used on a cluster with nodes on other machines:
+    workers there read the data and write checkpoints on their own disks unless the path is shared."""
+    local = [f"{flag} {path}" for flag, path in paths.items() if path and "://" not in path]
+    others = sorted(node_ips - {here})
+    if not (local and others):
+        return None
+    return (f"{', '.join(local)} {'is a local path' if len(local) == 1 else 'are local paths'}, and the cluster has "
+            f"nodes on other machines ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): every node must "
+            f"see {'it' if len(local) == 1 else 'them'} at the same place (a shared filesystem), or use s3://")
+
+
+def cluster_node_ips() -> set[str]:
+    return {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+
+
 @ray.remote(num_cpus=0)
 class ProgressBoard:
     """Where workers say what they are doing; the driver reads it to tell progress from a stall."""
