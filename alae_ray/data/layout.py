@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -216,11 +217,18 @@ def check_schema(found: pa.Schema, expected: pa.Schema, where: str) -> None:
         raise DatasetError(f"{where}: wrong schema: {'; '.join(problems)}")
 
 
-def read_shard_schema(loc: Location, rel: str) -> pa.Schema:
+@contextmanager
+def open_shard(loc: Location, rel: str):
+    """A shard's file for reading; a missing or unreadable shard is a DatasetError naming it."""
     try:
         with loc.fs.open_input_file(loc.join(rel)) as f:
-            return pq.read_schema(f)
+            yield f
     except FileNotFoundError:
         raise DatasetError(f"{loc.uri_of(rel)}: shard listed in the manifest is missing") from None
     except (OSError, pa.ArrowException) as exc:
         raise DatasetError(f"{loc.uri_of(rel)}: not a readable Parquet file ({exc})") from None
+
+
+def read_shard_schema(loc: Location, rel: str) -> pa.Schema:
+    with open_shard(loc, rel) as f:
+        return pq.read_schema(f)

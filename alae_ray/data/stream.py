@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import layout
@@ -152,23 +151,17 @@ def _gather(pieces: list[dict[str, np.ndarray]], starts: np.ndarray, rows: np.nd
 
 def read_segment(loc: Location, channels: int, resolution: int, segment: Segment) -> dict[str, np.ndarray]:
     """A segment's ``id`` and ``image`` (uint8 [N, C, R, R]), reading only the row groups it spans."""
-    where = loc.uri_of(segment.path)
-    try:
-        with loc.fs.open_input_file(loc.join(segment.path)) as f:
-            pf = pq.ParquetFile(f)
-            groups, first, at = [], 0, 0
-            for i in range(pf.metadata.num_row_groups):
-                size = pf.metadata.row_group(i).num_rows
-                if at < segment.stop and at + size > segment.start:
-                    first = at if not groups else first
-                    groups.append(i)
-                at += size
-            if segment.stop > at:
-                raise DatasetError(f"{where}: has {at} rows, the manifest says at least {segment.stop}")
-            table = pf.read_row_groups(groups, columns=list(COLUMNS)).slice(segment.start - first, segment.rows)
-    except FileNotFoundError:
-        raise DatasetError(f"{where}: shard listed in the manifest is missing") from None
-    except (OSError, pa.ArrowException) as exc:
-        raise DatasetError(f"{where}: not a readable Parquet file ({exc})") from None
+    with layout.open_shard(loc, segment.path) as f:
+        pf = pq.ParquetFile(f)
+        groups, first, at = [], 0, 0
+        for i in range(pf.metadata.num_row_groups):
+            size = pf.metadata.row_group(i).num_rows
+            if at < segment.stop and at + size > segment.start:
+                first = at if not groups else first
+                groups.append(i)
+            at += size
+        if segment.stop > at:
+            raise DatasetError(f"{loc.uri_of(segment.path)}: has {at} rows, the manifest says at least {segment.stop}")
+        table = pf.read_row_groups(groups, columns=list(COLUMNS)).slice(segment.start - first, segment.rows)
     return {"id": table.column("id").to_numpy(),
             "image": layout.image_array(table.column("image"), channels, resolution)}
