@@ -63,6 +63,7 @@ def replicated_source(copies: int) -> Source:
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:
+    """moto's S3 server on a free loopback port, and this process's AWS environment pointed at it."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -75,7 +76,24 @@ def start_moto() -> tuple[subprocess.Popen, str]:
             break
         except OSError:
             time.sleep(0.1)
-    return proc, f"http://127.0.0.1:{port}"
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
+    return proc, endpoint
+
+
+def upload(local_dir: Path, endpoint: str) -> str:
+    """A prepared dataset copied into a new bucket on the moto server; returns its ``s3://`` URI."""
+    import pyarrow.fs as pafs
+
+    from alae_ray.data.storage import s3_filesystem
+
+    pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
+                      endpoint_override=endpoint.split("://")[1], scheme="http",
+                      allow_bucket_creation=True).create_dir("bench")
+    pafs.copy_files(str(local_dir), "bench/ds", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=s3_filesystem("s3://bench"))
+    return "s3://bench/ds"
 
 
 def consume(batches) -> tuple[int, float, float]:
@@ -98,24 +116,14 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-data-"))
     proc, endpoint = start_moto()
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
     try:
-        import pyarrow.fs as pafs
-        from alae_ray.data.storage import s3_filesystem
-
         src = replicated_source(args.copies)
         t = time.perf_counter()
         local = prepare(src, str(work / "ds"), PrepareOptions(progress=False, test_count=0))
         t_prep = time.perf_counter() - t
-        s3 = s3_filesystem("s3://bench")
-        pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
-                          endpoint_override=endpoint.split("://")[1], scheme="http",
-                          allow_bucket_creation=True).create_dir("bench")
         t = time.perf_counter()
-        pafs.copy_files(str(work / "ds"), "bench/ds", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3)
+        remote = open_dataset(upload(work / "ds", endpoint))
         t_up = time.perf_counter() - t
-        remote = open_dataset("s3://bench/ds")
         size = sum(s.bytes for s in local.shards)
         print(f"dataset: {len(src.keys)} images ({args.copies} x bedroom256), levels 4..256, "
               f"{size / 1e6:.0f} MB of shards; prepare {t_prep:.1f} s ({len(src.keys) / t_prep:.0f} img/s), "

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_data import replicated_source, start_moto  # noqa: E402
+from bench_data import replicated_source, start_moto, upload  # noqa: E402
 
 from alae_ray.data import PrepareOptions, open_dataset, prepare, stream  # noqa: E402
 
@@ -55,20 +55,9 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     proc, endpoint = start_moto()
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
     try:
-        import pyarrow.fs as pafs
-
-        from alae_ray.data.storage import s3_filesystem
-
         prepare(replicated_source(args.copies), str(work / "ds"), PrepareOptions(progress=False, test_count=0))
-        pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
-                          endpoint_override=endpoint.split("://")[1], scheme="http",
-                          allow_bucket_creation=True).create_dir("bench")
-        pafs.copy_files(str(work / "ds"), "bench/ds", source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=s3_filesystem("s3://bench"))
-        m = open_dataset("s3://bench/ds")
+        m = open_dataset(upload(work / "ds", endpoint))
 
         import ray
         from alae_ray.data import level_dataset
