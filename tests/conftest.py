@@ -9,11 +9,16 @@ for module- or session-scoped fixtures.
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from pathlib import Path
 
 import pytest
+
+# Every Ray the tests start, in process or as `ray start`/`alae-ray` subprocesses, runs as alae-ray's
+# own local Ray does: without Ray 2.60's metrics exporter, whose thread can segfault a starting worker.
+os.environ.setdefault("RAY_enable_metrics_collection", "0")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

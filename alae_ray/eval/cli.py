@@ -116,6 +116,7 @@ def cmd_eval(args) -> int:
     feature_metrics = [m for m in metrics if m in METRICS]
     runner = None
     if feature_metrics and args.ray:
+        from ..train.watchdog import start_ray
         from .distributed import RayRunner
         from .networks import resolve_weight_file
 
@@ -127,6 +128,7 @@ def cmd_eval(args) -> int:
         if needs_lpips:
             weights["vgg"] = resolve_weight_file("vgg", args.vgg_weights)
             weights["lpips"] = resolve_weight_file("lpips", args.lpips_weights)
+        start_ray("eval")
         runner = RayRunner(im, args.checkpoint, workers=args.workers, ema=not args.no_ema, weights=weights,
                            device=args.device, threads=args.threads or 1)
     elif feature_metrics:

@@ -42,6 +42,9 @@ def start_ray(command: str, *, verbose: bool = False, runtime_env: dict | None =
         # A run starts about ten light processes (Train's controller, its workers, Ray Data's tasks, the
         # progress board); the raylet's default of one start at a time per CPU warns on every run here.
         os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(16, os.cpu_count() or 1)))
+        # Ray 2.60's metrics exporter thread can segfault a worker as it starts (seen once in CI: it killed
+        # Train's controller before it ran); a local Ray has no Prometheus to read the metrics anyway.
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
         local = {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
     info = ray.init(address=address, log_to_driver=verbose, logging_level=level, runtime_env=runtime_env, **local)
     if not address:
