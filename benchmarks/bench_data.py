@@ -27,7 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -62,24 +64,37 @@ def replicated_source(copies: int) -> Source:
     return Source("bench", {"kind": "bench", "copies": copies}, 3, 256, [4, 8, 16, 32, 64, 128, 256], keys, {}, load)
 
 
-def start_moto() -> tuple[subprocess.Popen, str]:
-    """moto's S3 server on a free loopback port, and this process's AWS environment pointed at it."""
+@contextmanager
+def scratch_s3(prefix: str) -> Iterator[tuple[Path, str]]:
+    """(a scratch folder, the endpoint of moto's S3 server on a free loopback port), this process's
+    AWS environment pointed at it; the server stopped and the folder removed afterwards."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     exe = Path(sys.executable).with_name("moto_server")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     proc = subprocess.Popen(cmd + ["-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
-    return proc, endpoint
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto's S3 server ({' '.join(cmd)}) did not listen on 127.0.0.1:{port} "
+                                       f"within 30 s (exit code {proc.poll()})") from None
+                time.sleep(0.1)
+        endpoint = f"http://127.0.0.1:{port}"
+        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_EC2_METADATA_DISABLED": "true"})
+        yield work, endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def upload(local_dir: Path, endpoint: str) -> str:
@@ -114,9 +129,7 @@ def main() -> int:
     ap.add_argument("--levels", type=int, nargs="+", default=[8, 32, 128, 256])
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-data-"))
-    proc, endpoint = start_moto()
-    try:
+    with scratch_s3("bench-data-") as (work, endpoint):
         src = replicated_source(args.copies)
         t = time.perf_counter()
         local = prepare(src, str(work / "ds"), PrepareOptions(progress=False, test_count=0))
@@ -152,10 +165,6 @@ def main() -> int:
             print(f"{r:>5} {rows:>6} {mb:>7.1f} | {n1 / t1:>9.0f} i/s | {n2 / t2:>6.0f} i/s | {n3 / t3:>8.0f} i/s "
                   f"{f3:>8.2f}s | {n4 / t4:>7.0f} i/s {f4:>8.2f}s | {(n3 / t3) / (n1 / t1):>15.3f}", flush=True)
         ray.shutdown()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

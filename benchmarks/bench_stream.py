@@ -19,16 +19,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_data import replicated_source, start_moto, upload  # noqa: E402
+from bench_data import replicated_source, scratch_s3, upload  # noqa: E402
 
 from alae_ray.data import PrepareOptions, open_dataset, prepare, stream  # noqa: E402
 
@@ -53,9 +51,7 @@ def main() -> int:
     ap.add_argument("--buffer", type=int, default=2048, help="shuffle buffer / window rows (train's default)")
     ap.add_argument("--at", type=float, default=0.75, help="resume position, as a fraction of the epoch")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
-    proc, endpoint = start_moto()
-    try:
+    with scratch_s3("bench-stream-") as (work, endpoint):
         prepare(replicated_source(args.copies), str(work / "ds"), PrepareOptions(progress=False, test_count=0))
         m = open_dataset(upload(work / "ds", endpoint))
 
@@ -104,10 +100,6 @@ def main() -> int:
             print(f"{r:>5} {plan.window:>6} | {n1 / t1:>8.0f} i/s {n2 / t2:>5.0f} i/s {(n2 / t2) / (n1 / t1):>10.2f} | "
                   f"{f1:>11.2f} s {f2:>5.2f} s {f1 / f2:>10.2f}", flush=True)
         ray.shutdown()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

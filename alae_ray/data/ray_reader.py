@@ -54,6 +54,8 @@ def _read_segments(items: dict[str, np.ndarray], loc: Location, channels: int, r
                    ) -> dict[str, np.ndarray]:
     parts = [read_segment(loc, channels, resolution, Segment(str(p), int(a), int(b)))
              for p, a, b in zip(items["path"], items["start"], items["stop"])]
+    if len(parts) == 1:  # the usual case (batch_size=1): no copy beyond the read's own
+        return parts[0]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

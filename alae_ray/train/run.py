@@ -21,7 +21,7 @@ from ..data.reader import check_level_schemas
 from ..data.sources import shapes_source
 from ..data.storage import DatasetError, resolve
 from .checkpoints import checkpoint_info
-from .watchdog import (Needs, cluster_can_grow, cluster_node_ips, fit_watched, local_paths_warning, new_board, preflight,
+from .watchdog import (Needs, cluster_can_grow, fit_watched, local_paths_warning, new_board, other_node_ips, preflight,
                        start_ray)
 
 DEFAULT_CACHE = Path(os.environ.get("ALAE_RAY_CACHE", Path.home() / ".cache" / "alae-ray"))
@@ -229,14 +229,12 @@ def fit(trainer, info: dict, stall_timeout_s: float):
 
 def run(opts: TrainOptions) -> dict:
     """Train (or resume) and return a summary: where the checkpoint and samples are."""
-    import ray
-
     p = plan(opts)  # config, batch split, dataset and storage checked before Ray starts
     start_ray("train", verbose=opts.verbose)
     gpus = 1.0 if opts.gpu else 0.0
     warning = preflight(Needs(opts.workers, opts.cpus_per_worker, gpus), strict=not cluster_can_grow())
     shared = local_paths_warning({"--data": p.data, "--storage": None if p.storage_fs else p.storage_path},
-                                 ray.util.get_node_ip_address(), cluster_node_ips())
+                                 other_node_ips())
     for w in (warning, shared):
         if w:
             print(f"alae-ray train: warning: {w}", file=sys.stderr, flush=True)

@@ -118,11 +118,12 @@ def preflight(needs: Needs, *, strict: bool) -> str | None:
     return warning and warning.replace("scale up.", "scale up (bounded by --stall-timeout).")
 
 
-def local_paths_warning(paths: dict[str, str | None], here: str, node_ips: set[str]) -> str | None:
-    """A warning when local paths (not ``s3://``) are used on a cluster with nodes on other machines:
-    workers there read the data and write checkpoints on their own disks unless the path is shared."""
+def local_paths_warning(paths: dict[str, str | None], other_nodes: set[str]) -> str | None:
+    """A warning when local paths (not ``s3://``) are used on a cluster with nodes on other machines
+    (their IPs: ``other_nodes``): workers there read the data and write checkpoints on their own disks
+    unless the path is shared."""
     local = [f"{flag} {path}" for flag, path in paths.items() if path and "://" not in path]
-    others = sorted(node_ips - {here})
+    others = sorted(other_nodes)
     if not (local and others):
         return None
     return (f"{', '.join(local)} {'is a local path' if len(local) == 1 else 'are local paths'}, and the cluster has "
@@ -130,8 +131,9 @@ def local_paths_warning(paths: dict[str, str | None], here: str, node_ips: set[s
             f"see {'it' if len(local) == 1 else 'them'} at the same place (a shared filesystem), or use s3://")
 
 
-def cluster_node_ips() -> set[str]:
-    return {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+def other_node_ips() -> set[str]:
+    """The IPs of the cluster's live nodes on machines other than this one."""
+    return {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} - {ray.util.get_node_ip_address()}
 
 
 @ray.remote(num_cpus=0)

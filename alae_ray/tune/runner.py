@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 from ..core.config import ConfigError
-from ..train.watchdog import PreflightError, cluster_can_grow, cluster_node_ips, local_paths_warning, start_ray
+from ..train.watchdog import PreflightError, cluster_can_grow, local_paths_warning, other_node_ips, start_ray
 from .sweep import POPULATION, SweepPlan, load_sweep, param_space, plan_sweep
 
 RESUME_MODES = ("auto", "always", "never")
@@ -232,7 +232,7 @@ def run_sweep(opts: TuneOptions) -> dict:
     concurrency, warning = fit_concurrency(plan, total.get("CPU", 0.0), total.get("GPU", 0.0),
                                            strict=not cluster_can_grow())
     shared = local_paths_warning({"--data": data, "--storage": None if fs is not None else storage_path},
-                                 ray.util.get_node_ip_address(), cluster_node_ips())
+                                 other_node_ips())
     for w in (warning, shared):
         if w:
             log.warning(w)
