@@ -73,11 +73,16 @@ def _bad_files(ref, tmp_path):
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
 
     torch.save({"models": {"generator_s": Evil()}}, tmp_path / "evil.pth")
+    # The legacy (non-zip) format is the path CVE-2025-32434 used to run code through weights_only=True
+    # on torch < 2.6; the lock's torch refuses it like the zip format.
+    torch.save({"models": {"generator_s": Evil()}}, tmp_path / "evil_legacy.pth",
+               _use_new_zipfile_serialization=False)
     with open(tmp_path / "plain.pth", "wb") as f:  # a plain pickle of an unknown class, not a torch file
         pickle.dump(Evil(), f)
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pth")  # a torch file, but not theirs
     return {"truncated": "truncated or corrupt", "image": "not a readable torch checkpoint",
             "empty": "not a readable torch checkpoint", "evil": "would call posix.system",
+            "evil_legacy": "would call posix.system",
             "plain": "not a readable torch checkpoint", "other": "no 'models' dictionary"}
 
 

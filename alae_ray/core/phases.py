@@ -100,7 +100,10 @@ class ALAEPhases:
         if t.compile:
             # R1's double backward is not supported through compiled graphs: the reals' pass that
             # R1 differentiates calls the eager E and D (self.model), every other pass these.
-            self.nets = Nets(*(torch.compile(net) for net in (m.F, m.G, m.E, m.D)))
+            # Static shapes: each level recompiles anyway, and Dynamo's cache is shared by every
+            # model in the process (keyed by forward's code), so a second one (Tune, PBT, a test)
+            # would otherwise get dynamic shapes, which Inductor 2.14 fails to compile here.
+            self.nets = Nets(*(torch.compile(net, dynamic=False) for net in (m.F, m.G, m.E, m.D)))
             # One level's graphs per network: with and without gradients for the parameters (phase
             # II freezes E and D) and the input, fading and stable, and one more when alpha first
             # varies (then a symbolic float). Above Dynamo's default limit of 8, which would silently
