@@ -219,3 +219,13 @@ def test_checkpoint_mismatching_config_is_named(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(CheckpointError, match="incomplete"):
         load_model(tmp_path / "d")
+
+
+def test_a_corrupt_progress_file_is_named(tmp_path):
+    ph = ALAEPhases(TINY)
+    write_checkpoint(tmp_path / "c", TINY, ph.tensors(), ph.progress())
+    progress = tmp_path / "c" / "progress.json"
+    for text in ('{"images_seen": 12', "[1, 2]"):  # cut off mid-write; valid JSON of the wrong kind
+        progress.write_text(text)
+        with pytest.raises(CheckpointError, match="progress.json"):
+            load_model(tmp_path / "c")

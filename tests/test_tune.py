@@ -67,6 +67,8 @@ def test_repository_sweeps_parse():
     (lambda d: d["space"].update({"schedule.lr.48": {"choice": [0.001]}}), "space.schedule.lr.48"),
     (lambda d: d["space"].update({"schedule.lr.64": {"choice": [0.001]}}), "space.schedule.lr.64"),  # > max_resolution
     (lambda d: d["space"].update({"schedule.batch.8": {"choice": [16, -4]}}), "space.schedule.batch.8"),
+    # the trials (0.256 kimg of tiny) end at 4x4: a value for 16x16 would change nothing
+    (lambda d: d["space"].update({"schedule.lr.16": {"choice": [0.001]}}), "space.schedule.lr.16: the trials end at 4px"),
     (lambda d: d.update(scheduler={"kind": "hyperband"}), "scheduler.kind"),
     (lambda d: d.update(objective={"kind": "lpips"}), "objective.kind"),
     (lambda d: d.update(search={"algorithm": "bayes"}), "search.algorithm"),
@@ -124,7 +126,8 @@ def test_trial_config_base_lr_then_levels():
                                    "space": {"schedule.lr": {"loguniform": [1e-4, 1e-2]},
                                              "schedule.lr.16": {"choice": [0.0005]},
                                              "schedule.batch.16": {"choice": [8]},
-                                             "train.ema_kimg": {"choice": [2.0]}}}, "x.yaml"))
+                                             "train.ema_kimg": {"choice": [2.0]}},
+                                   "trial": {"kimg": 4.5}}, "x.yaml"))  # into the 16x16 fade-in (from 4 kimg)
     cfg = plan.config({"schedule.lr": 0.004, "schedule.lr.16": 0.0005, "schedule.batch.16": 8,
                        "train.ema_kimg": 2.0}, name="trial")
     assert cfg.name == "trial"
@@ -255,6 +258,7 @@ def test_concurrency_fits_the_cluster():
 # --- population sweeps (pbt / pb2) -------------------------------------------------------------
 
 PBT = {**BASE, "search": {"num_samples": 4}, "scheduler": {"kind": "pbt", "interval_kimg": 0.064},
+       "overrides": {"schedule.stable_kimg": 0.064, "schedule.fade_kimg": 0.064},  # 8x8 from 0.064 kimg
        "space": {"train.r1_gamma": {"loguniform": [1.0, 30.0]}, "schedule.batch.8": {"choice": [16, 32]},
                  "train.truncation_cutoff": {"randint": [2, 6]}}}
 

@@ -224,6 +224,26 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, 
     assert (exp / "results.csv").read_text().count("completed") == 3
 
 
+def test_a_failed_trial_is_retried_and_resumes_its_train_run(ray_local, shapes32, tmp_path):
+    """A worker of the trial's Train run dies (no Train restarts allowed): Tune retries the trial
+    (trial.retries) and its Train run resumes from its last checkpoint, not from the start."""
+    from alae_ray.tune.runner import TuneOptions, run_sweep
+
+    path = write_sweep(tmp_path / "retry.yaml", name="retry", space={"schedule.lr": {"grid": [0.002]}},
+                       scheduler={"kind": "fifo"},
+                       trial={"kimg": 1.28, "max_failures": 0, "retries": 1})
+    out = run_sweep(TuneOptions(sweep=path, storage=str(tmp_path / "tune"), data=shapes32, verbose=0,
+                                shuffle_buffer=64, fail_at_kimg=1.0))
+    (row,) = out["trials"]
+    assert row["status"] == "completed" and row["kimg"] == pytest.approx(1.28), row
+    artifacts = tmp_path / "tune" / "retry" / "trials" / row["trial_id"] / "artifacts"
+    assert (artifacts / "fault-injected.txt").exists()
+    kimg = [json.loads(line)["kimg"] for line in (artifacts / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    restarts = [i for i in range(1, len(kimg)) if kimg[i] <= kimg[i - 1]]
+    assert len(restarts) == 1, kimg  # one crash, one resume
+    assert kimg[restarts[0]] > 0.064, kimg  # from a checkpoint (every 0.064 kimg), not from the start
+
+
 def test_the_readme_sweep_runs_on_this_machine(shapes32, tmp_path):
     """The README's `alae-ray tune --sweep tuning/tiny_r1_lr.yaml`, shortened, on a Ray of its own with
     the machine's CPUs: it finishes (on 2 CPUs one trial at a time, saying so) instead of waiting."""
@@ -255,6 +275,11 @@ def _member_checkpoints(summary: dict) -> dict[str, Path]:
     return {r["trial_id"]: Path(r["checkpoint"]) for r in summary["trials"]}
 
 
+# Short enough that members queued behind three others' segments wait longer (one segment at a time),
+# long enough for any quiet spell inside a segment on this 2-CPU machine.
+PBT_STALL_S = 30.0
+
+
 @pytest.fixture(scope="module")
 def pbt_sweep(ray_local, shapes32, tmp_path_factory):
     """A population of 4 on the tiny preset, 4x4 into 8x8 in three segments (two perturbation points
@@ -266,7 +291,7 @@ def pbt_sweep(ray_local, shapes32, tmp_path_factory):
                        search={"num_samples": 4, "max_concurrent_trials": 1, "seed": 3},
                        scheduler={"kind": "pbt", "interval_kimg": 0.064, "quantile": 0.25,
                                   "resample_probability": 0.5, "synch": True},
-                       trial={"kimg": 0.192})
+                       trial={"kimg": 0.192, "stall_timeout_s": PBT_STALL_S})
     exp = tmp / "tune" / "pbt"
 
     def reported() -> int:
@@ -293,6 +318,14 @@ def test_pbt_sweep_resumes_and_every_member_finishes(pbt_sweep):
     assert schedule[0]["from_kimg"] == 0 and schedule[-1]["to_kimg"] == pytest.approx(pbt_sweep["best"]["kimg"])
     assert all(a["to_kimg"] == b["from_kimg"] for a, b in zip(schedule, schedule[1:]))  # kimg by kimg, no gap
     assert "| from kimg | to kimg | trained by |" in (exp / "best_schedule.md").read_text()
+
+
+def test_members_that_wait_longer_than_the_stall_timeout_still_train(pbt_sweep):
+    """The stall clock starts once a member has its slot: waiting for one is not a stall."""
+    waits = [json.loads(line).get("slot_wait_s", 0.0) for f in glob.glob(f"{pbt_sweep['experiment']}/*/result.json")
+             for line in Path(f).read_text().splitlines() if line.strip()]
+    assert max(waits) > PBT_STALL_S, waits
+    assert all(r["status"] == "completed" for r in pbt_sweep["trials"])
 
 
 def test_pbt_exploit_copies_the_donors_state_exactly(pbt_sweep):

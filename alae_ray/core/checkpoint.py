@@ -92,7 +92,12 @@ def read_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
                 tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)}
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"checkpoint {str(directory)!r}: unreadable {STATE_FILE}: {exc}") from None
-    progress = json.loads((directory / PROGRESS_FILE).read_text())
+    try:
+        progress = json.loads((directory / PROGRESS_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {str(directory)!r}: unreadable {PROGRESS_FILE}: {exc}") from None
+    if not isinstance(progress, dict):
+        raise CheckpointError(f"checkpoint {str(directory)!r}: {PROGRESS_FILE} is not a JSON object")
     return cfg, tensors, progress
 
 

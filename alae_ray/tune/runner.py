@@ -62,6 +62,7 @@ class TuneOptions:
     resume: str = "auto"  # auto: resume if the experiment exists; always: it must; never: it must not.
     shuffle_buffer: int = 2048
     verbose: int = 1  # Tune's console output (0 = silent, 1 = status tables).
+    fail_at_kimg: float | None = None  # Testing: in each trial's Train run one worker crashes once here.
 
 
 class _Store:
@@ -167,14 +168,6 @@ def make_search(plan: SweepPlan, concurrency: int):
     return BasicVariantGenerator(random_state=s.seed, max_concurrent=concurrency), None
 
 
-def slot_timeout(plan: SweepPlan) -> float:
-    """How long a member waits for its turn to train: every other member's segment once, at the
-    stall timeout each (what bounds one segment that makes no progress)."""
-    from ..train.run import TrainOptions
-
-    return plan.sweep.search.num_samples * TrainOptions.stall_timeout_s
-
-
 def _check_data(plan: SweepPlan, data: str) -> None:
     """The dataset must have the levels the trials train (fails before Ray starts, naming the URI)."""
     from ..data import open_dataset
@@ -238,7 +231,7 @@ def run_sweep(opts: TuneOptions) -> dict:
             log.warning(w)
     s = plan.sweep
     ctx = {"plan": plan, "data": data, "trials_storage": f"{'s3://' if fs is not None else ''}{store.path}/trials",
-           "shuffle_buffer": opts.shuffle_buffer}
+           "shuffle_buffer": opts.shuffle_buffer, "fail_at_kimg": opts.fail_at_kimg}
     if s.scheduler.kind in POPULATION:
         from .trainable import Slots
 
@@ -247,7 +240,8 @@ def run_sweep(opts: TuneOptions) -> dict:
     exp = store.path
     resumed = tune.Tuner.can_restore(exp, storage_filesystem=fs) if opts.resume != "never" else False
     if resumed:
-        tuner = tune.Tuner.restore(exp, trainable, resume_unfinished=True, resume_errored=False,
+        # An errored trial continues too: its Train run (or member's segment) resumes from its checkpoint.
+        tuner = tune.Tuner.restore(exp, trainable, resume_unfinished=True, resume_errored=True,
                                    restart_errored=False, storage_filesystem=fs)
     else:
         search_alg, max_concurrent = make_search(plan, concurrency)
@@ -257,6 +251,7 @@ def run_sweep(opts: TuneOptions) -> dict:
                                         search_alg=search_alg, num_samples=s.search.num_samples,
                                         max_concurrent_trials=max_concurrent),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=fs,
+                                      failure_config=tune.FailureConfig(max_failures=s.trial.retries),
                                       verbose=opts.verbose))
     grid = tuner.fit()
     rows = trial_rows(grid, plan)

@@ -104,6 +104,8 @@ class TrialConfig:
     cpus_per_worker: float = 1.0
     driver_cpus: float = 0.01  # The Tune trial itself (only builds and waits on the TorchTrainer).
     max_failures: int = 0  # Worker-group restarts inside a trial.
+    retries: int = 1  # Tune restarts of a failed trial; each resumes its Train run from its last checkpoint.
+    stall_timeout_s: float = 600.0  # A trial's Train run stops when nothing happens for this long (> 0).
 
 
 @dataclass(frozen=True)
@@ -253,8 +255,10 @@ def _check_sections(s: Sweep) -> None:
     if o.kind == "fid":
         _check_fid(s)
     t = s.trial
-    if t.kimg <= 0 or t.checkpoint_kimg < 0 or t.workers < 1 or t.cpus_per_worker <= 0 or t.max_failures < 0:
+    if t.kimg <= 0 or t.checkpoint_kimg < 0 or t.workers < 1 or t.cpus_per_worker <= 0:
         raise ConfigError(f"{p}: trial.kimg must be > 0, trial.workers >= 1, trial.cpus_per_worker > 0")
+    if t.max_failures < 0 or t.retries < 0 or t.stall_timeout_s <= 0:
+        raise ConfigError(f"{p}: trial.max_failures and trial.retries must be >= 0 and trial.stall_timeout_s > 0")
     if not 0 < t.driver_cpus <= 64:
         raise ConfigError(f"{p}: trial.driver_cpus must be > 0 (Tune rejects 0; 0.01 is enough), got {t.driver_cpus}")
     if s.scheduler.kind == "asha" and s.scheduler.time_attr == "trial_kimg" and s.grace_kimg > t.kimg:
@@ -437,6 +441,7 @@ def plan_sweep(sweep: Sweep) -> SweepPlan:
             raise ConfigError(f"{p}: trial.kimg {sweep.trial.kimg:g} would leave the {stage.resolution}px level "
                               f"(checkpoint at {start_kimg:g} kimg, next level at {stage.level_end_kimg:g} kimg)")
         start_level = stage.level
+    reached = stage_at(cfg, plan.max_kimg - 1e-6).resolution  # where the trials' last images train
     for param in sweep.space:
         _check_key(sweep, param.key, cfg)
         for value in param.probes():
@@ -444,10 +449,15 @@ def plan_sweep(sweep: Sweep) -> SweepPlan:
                 trial = plan.config({param.key: value})
             except ConfigError as exc:
                 raise ConfigError(f"{p}: space.{param.key}: value {value!r} gives an invalid config: {exc}") from None
+            reached = max(reached, stage_at(trial, plan.max_kimg - 1e-6).resolution)
             for r, b in trial.schedule.batch.items():
                 if b % sweep.trial.workers:
                     raise ConfigError(f"{p}: space.{param.key}: batch {b} at {r}px is not divisible by "
                                       f"trial.workers {sweep.trial.workers}")
+    for param in sweep.space:  # a per-level value only matters once a trial trains at that level
+        if (table := _table_key(param.key)) and table[1] > reached:
+            raise ConfigError(f"{p}: space.{param.key}: the trials end at {reached}px ({plan.max_kimg:g} kimg), "
+                              f"so they never train at {table[1]}px; raise trial.kimg or drop the key")
     return SweepPlan(sweep, base, start_kimg, start_level)
 
 

@@ -18,11 +18,14 @@ the member's current values. Segments take turns on the cluster through ``Slots`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import ray
@@ -92,9 +95,9 @@ def trial_options(plan, params: dict, trial_id: str, ctx: dict, preset_path: str
         preset=preset_path, data=ctx["data"], storage=ctx["trials_storage"], name=trial_id,
         workers=t.workers, gpu=t.gpu, cpus_per_worker=t.cpus_per_worker, max_kimg=max_kimg or plan.max_kimg,
         tick_kimg=o.every_kimg, checkpoint_kimg=t.checkpoint_kimg or o.every_kimg, keep=2,
-        max_failures=t.max_failures, console=False, shuffle_buffer=ctx.get("shuffle_buffer", 2048),
+        max_failures=t.max_failures, stall_timeout_s=t.stall_timeout_s, console=False, shuffle_buffer=ctx.get("shuffle_buffer", 2048),
         init_checkpoint=init or (s.start.checkpoint if s.start else None), init_data_position=init is not None,
-        objective=dataclasses.asdict(o),
+        objective=dataclasses.asdict(o), fail_at_kimg=ctx.get("fail_at_kimg"),
     )
 
 
@@ -140,31 +143,72 @@ def run_trial(config: dict, ctx: dict) -> None:
 SCHEDULE_FILE = "schedule.json"
 
 
+LEASE_S = 120.0  # a slot whose holder has not renewed it for this long is free again (a lost member)
+
+
 @ray.remote(num_cpus=0)
 class Slots:
     """At most ``n`` members' segments train at once (what the cluster holds; ``fit_concurrency``).
 
     Tune sees a member as its driver's 0.01 CPU, so without this every member would start its Train
-    run at once and, on a small cluster, none would get a CPU for its data. A member holds a slot
-    for one segment and gives it back before it reports, so Tune pausing or re-seeding a member at
-    its report never strands one; a member that asks again (restarted) first returns any it held.
+    run at once and, on a small cluster, none would get a CPU for its data. A member takes a slot
+    before it builds anything with a clock (its Train run's stall timeout counts training, not
+    waiting), holds it for one segment, renewing its lease, and gives it back before it reports, so
+    Tune pausing or re-seeding a member at its report never strands one. Asking never blocks in
+    here: a member that stops asking leaves no pending request to take a slot later, and one that
+    asks again (restarted) first returns any slot it held. A slot whose holder died unrenewed is
+    freed after ``LEASE_S``. So a waiting member waits only while others train, each bounded by its
+    own stall timeout.
     """
 
     def __init__(self, n: int):
-        import asyncio
+        self.n = n
+        self.holders: dict[str, float] = {}  # holder -> when its lease was last renewed (monotonic)
 
-        self.free = asyncio.Semaphore(n)
-        self.holders: set[str] = set()
+    def try_acquire(self, holder: str) -> list[str] | None:
+        """None if ``holder`` now has a slot, else who holds them all."""
+        import time
 
-    async def acquire(self, holder: str) -> None:
-        self.release(holder)
-        await self.free.acquire()
-        self.holders.add(holder)
+        now = time.monotonic()
+        self.holders = {h: t for h, t in self.holders.items() if h != holder and now - t < LEASE_S}
+        if len(self.holders) >= self.n:
+            return sorted(self.holders)
+        self.holders[holder] = now
+        return None
+
+    def renew(self, holder: str) -> None:
+        import time
+
+        if holder in self.holders:
+            self.holders[holder] = time.monotonic()
 
     def release(self, holder: str) -> None:
-        if holder in self.holders:
-            self.holders.discard(holder)
-            self.free.release()
+        self.holders.pop(holder, None)
+
+
+@contextlib.contextmanager
+def slot(slots, holder: str, poll_s: float = 2.0):
+    """Wait for a slot (saying so once), hold it with its lease renewed, then give it back; yields the
+    seconds waited."""
+    t0, said = time.monotonic(), False
+    while (held_by := ray.get(slots.try_acquire.remote(holder), timeout=60)) is not None:
+        if not said:
+            print(f"member {holder}: waiting for a training slot (held by {', '.join(held_by)})", flush=True)
+            said = True
+        time.sleep(poll_s)
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(LEASE_S / 4):
+            slots.renew.remote(holder)
+
+    renewer = threading.Thread(target=renew, name=f"slot-lease-{holder}", daemon=True)
+    renewer.start()
+    try:
+        yield time.monotonic() - t0
+    finally:
+        done.set()
+        ray.get(slots.release.remote(holder), timeout=60)
 
 
 def checkpoint_uri(ckpt) -> str:
@@ -192,7 +236,6 @@ def run_member(config: dict, ctx: dict) -> None:
     from ray import tune
 
     from ..train.run import build_trainer, fit
-    from .runner import slot_timeout
 
     plan, slots = ctx["plan"], ctx["slots"]
     trial_id = tune.get_context().get_trial_id()
@@ -206,17 +249,15 @@ def run_member(config: dict, ctx: dict) -> None:
         key = hashlib.sha256(json.dumps([init, values, point], sort_keys=True, default=str).encode()).hexdigest()[:8]
         name = f"{trial_id}-{round(kimg * 1000):09d}-{key}"
         opts = trial_options(plan, config, name, ctx, _write_preset(plan, config, name), max_kimg=point, init=init)
-        trainer, info = build_trainer(opts)
-        ray.get(slots.acquire.remote(trial_id), timeout=slot_timeout(plan))
         failure = None
-        try:
-            result = fit(trainer, info, opts.stall_timeout_s)
-        except Exception as exc:
-            if not diverged(exc):
-                raise
-            failure = exc
-        finally:
-            ray.get(slots.release.remote(trial_id), timeout=60)
+        with slot(slots, trial_id) as waited_s:
+            trainer, info = build_trainer(opts)  # its stall clock starts here, once the member may train
+            try:
+                result = fit(trainer, info, opts.stall_timeout_s)
+            except Exception as exc:
+                if not diverged(exc):
+                    raise
+                failure = exc
         if failure is not None:
             tune.report({**diverged_result(failure, info["artifacts"], plan, kimg), "segment": segment})
             return
@@ -231,7 +272,8 @@ def run_member(config: dict, ctx: dict) -> None:
             (folder / SCHEDULE_FILE).write_text(json.dumps(history, indent=1))
             # Tune copies the checkpoint into the trial's storage before report returns.
             tune.report({**{k: v for k, v in m.items() if isinstance(v, (int, float, str, bool))},
-                         "trial_kimg": round(kimg - plan.start_kimg, 6), "segment": segment, "train_run": name},
+                         "trial_kimg": round(kimg - plan.start_kimg, 6), "segment": segment, "train_run": name,
+                         "slot_wait_s": round(waited_s, 3)},
                         checkpoint=tune.Checkpoint.from_directory(str(folder)))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
