@@ -371,7 +371,8 @@ def test_pbt_preflight_refuses_a_population_that_cannot_train_here(ray_local, sh
     from alae_ray.train.watchdog import PreflightError
 
     path = write_sweep(tmp_path / "big.yaml", name="big", space=PBT_SPACE, search={"num_samples": 4},
-                       scheduler={"kind": "pbt", "interval_kimg": 0.064}, trial={"kimg": 0.128, "cpus_per_worker": 8})
+                       overrides={"schedule.stable_kimg": 0.064, "schedule.fade_kimg": 0.064},
+                       scheduler={"kind": "pbt", "interval_kimg": 0.064}, trial={"kimg": 0.192, "cpus_per_worker": 8})
     with pytest.raises(PreflightError, match="not even one trial fits"):
         sweep(tmp_path, path, shapes32)
     assert not (tmp_path / "tune" / "big" / "trials").exists()
