@@ -441,7 +441,8 @@ def plan_sweep(sweep: Sweep) -> SweepPlan:
             raise ConfigError(f"{p}: trial.kimg {sweep.trial.kimg:g} would leave the {stage.resolution}px level "
                               f"(checkpoint at {start_kimg:g} kimg, next level at {stage.level_end_kimg:g} kimg)")
         start_level = stage.level
-    reached = stage_at(cfg, plan.max_kimg - 1e-6).resolution  # where the trials' last images train
+    last_kimg = plan.max_kimg - 1e-6  # where the trials' last images train
+    reached = stage_at(cfg, last_kimg).resolution
     for param in sweep.space:
         _check_key(sweep, param.key, cfg)
         for value in param.probes():
@@ -449,7 +450,7 @@ def plan_sweep(sweep: Sweep) -> SweepPlan:
                 trial = plan.config({param.key: value})
             except ConfigError as exc:
                 raise ConfigError(f"{p}: space.{param.key}: value {value!r} gives an invalid config: {exc}") from None
-            reached = max(reached, stage_at(trial, plan.max_kimg - 1e-6).resolution)
+            reached = max(reached, stage_at(trial, last_kimg).resolution)
             for r, b in trial.schedule.batch.items():
                 if b % sweep.trial.workers:
                     raise ConfigError(f"{p}: space.{param.key}: batch {b} at {r}px is not divisible by "

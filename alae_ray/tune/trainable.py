@@ -95,7 +95,8 @@ def trial_options(plan, params: dict, trial_id: str, ctx: dict, preset_path: str
         preset=preset_path, data=ctx["data"], storage=ctx["trials_storage"], name=trial_id,
         workers=t.workers, gpu=t.gpu, cpus_per_worker=t.cpus_per_worker, max_kimg=max_kimg or plan.max_kimg,
         tick_kimg=o.every_kimg, checkpoint_kimg=t.checkpoint_kimg or o.every_kimg, keep=2,
-        max_failures=t.max_failures, stall_timeout_s=t.stall_timeout_s, console=False, shuffle_buffer=ctx.get("shuffle_buffer", 2048),
+        max_failures=t.max_failures, stall_timeout_s=t.stall_timeout_s, console=False,
+        shuffle_buffer=ctx.get("shuffle_buffer", 2048),
         init_checkpoint=init or (s.start.checkpoint if s.start else None), init_data_position=init is not None,
         objective=dataclasses.asdict(o), fail_at_kimg=ctx.get("fail_at_kimg"),
     )
@@ -167,8 +168,6 @@ class Slots:
 
     def try_acquire(self, holder: str) -> list[str] | None:
         """None if ``holder`` now has a slot, else who holds them all."""
-        import time
-
         now = time.monotonic()
         self.holders = {h: t for h, t in self.holders.items() if h != holder and now - t < LEASE_S}
         if len(self.holders) >= self.n:
@@ -177,8 +176,6 @@ class Slots:
         return None
 
     def renew(self, holder: str) -> None:
-        import time
-
         if holder in self.holders:
             self.holders[holder] = time.monotonic()
 
