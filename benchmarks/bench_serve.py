@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, bs in configs:
             serve.run(build_app(ServeArgs(checkpoint=checkpoint, device=args.device, num_gpus=args.num_gpus,
-                                          num_cpus=args.num_cpus, max_batch_size=bs, ui=False,
+                                          num_cpus=args.num_cpus, max_batch_images=bs, ui=False,
                                           batch_wait_timeout_s=args.batch_wait_ms / 1000.0)),
                       name=name, route_prefix=f"/{name}")
             url = f"{base}/{name}/api/reconstruct"

@@ -1,4 +1,5 @@
-"""The Serve application over real HTTP on loopback: every endpoint, every bad input, batching, S3, mismatch.
+"""The Serve application over real HTTP on loopback: every endpoint, every bad input, batching, overload,
+S3, mismatch.
 
 One local Ray + Serve for the module, a tiny trained checkpoint. After every refused input the same
 replica must still answer a real request.
@@ -14,6 +15,7 @@ import socket
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -80,8 +82,8 @@ def server(checkpoints, s3_server):
     start_ray(temp)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(ServeArgs(checkpoint=checkpoints["local"], batch_wait_timeout_s=0.05, lpips=False, **LIMITS)),
-              name="alae", route_prefix="/")
+    serve.run(build_app(ServeArgs(checkpoint=checkpoints["local"], batch_wait_timeout_s=0.05, lpips=False,
+                                  max_concurrent_refines=1, **LIMITS)), name="alae", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
@@ -100,7 +102,7 @@ def png_array(data: bytes) -> np.ndarray:
 
 
 def assert_clean_error(r: requests.Response, status: int | tuple[int, ...]):
-    """A 4xx JSON error with a message and nothing from the server's insides."""
+    """A 4xx (or 503) JSON error with a message and nothing from the server's insides."""
     assert r.status_code in ((status,) if isinstance(status, int) else status), (r.status_code, r.text)
     assert r.headers["content-type"].startswith("application/json")
     msg = r.json()["error"]
@@ -480,6 +482,98 @@ def test_different_requests_share_model_batches(server, faces):
     assert all(r.status_code == 200 for r in results), [r.text for r in results if r.status_code != 200]
     assert results[0].content == results[4].content  # the same request, whatever batch it shared
     assert requests.get(f"{server}/api/stats", timeout=30).json()["synthesize"]["max"] > 1
+
+
+def test_a_grid_larger_than_a_model_batch_goes_in_pieces(server, faces):
+    """8 x 8 cells are 64 codes: four model batches of at most max_batch_images (16), in order."""
+    files = [("source", (f"s{i}.png", faces[i % 4])) for i in range(8)] + \
+            [("destination", (f"d{i}.png", faces[(i + 1) % 4])) for i in range(8)]
+    r = requests.post(f"{server}/api/mix", files=files, data={"layers": "middle"}, timeout=120)
+    assert r.status_code == 200, r.text
+    grid = png_array(r.content)
+    assert grid.shape == (9 * RES, 9 * RES, 3)
+    one = requests.post(f"{server}/api/mix", files=[("source", ("s.png", faces[2])), ("destination", ("d.png", faces[3]))],
+                        data={"layers": "middle"}, timeout=60)
+    cell = grid[3 * RES:4 * RES, 7 * RES:8 * RES]  # destination 2 (faces[3]) with source 6's styles (faces[2])
+    assert np.abs(cell.astype(int) - png_array(one.content).astype(int)).max() <= 1
+    assert requests.get(f"{server}/api/stats", timeout=30).json()["synthesize"]["max_images"] <= 16
+
+
+# --- overload: refinements behind their own bound, bounded queues, 503s with JSON -------------------
+
+
+def refine_stats(url: str) -> dict:
+    return requests.get(f"{url}/api/stats", timeout=30).json()["refine"]
+
+
+def wait_until_no_refinement_runs(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while refine_stats(url)["running"]:
+        assert time.monotonic() < deadline, "a refinement kept its slot"
+        time.sleep(0.1)
+
+
+def assert_busy(r: requests.Response, cause: str):
+    assert_clean_error(r, 503)
+    assert cause in r.json()["error"] and "retry" in r.json()["error"] and int(r.headers["Retry-After"]) > 0
+
+
+def test_refinements_beyond_their_bound_get_503_and_the_rest_keeps_serving(server, faces):
+    """The replica runs one refinement at a time: while one holds that slot, a flood of refinements is
+    refused with JSON 503s, generate still answers, and the held refinement goes on undisturbed."""
+    from ray import serve
+
+    from alae_ray.serve.inputs import decode_image
+
+    wait_until_no_refinement_runs(server)
+    before = refine_stats(server)
+    handle = serve.get_deployment_handle("ModelServer", app_name="alae")
+    held = handle.options(stream=True).refine.remote(decode_image(faces[0], RES), 1000)  # the most steps: seconds
+    assert next(held)[0] == "step"  # it runs: the replica's one refinement slot is taken
+    flood = 6
+    with ThreadPoolExecutor(flood + 1) as pool:
+        refines = [pool.submit(requests.post, f"{server}/api/refine", files={"image": ("f.png", faces[1])},
+                               data={"steps": "50"}, timeout=60) for _ in range(flood)]
+        generate = pool.submit(requests.post, f"{server}/api/generate", json={"seed": 3}, timeout=60)
+        answers = [f.result() for f in refines]
+        generated = generate.result()
+    during = refine_stats(server)
+    assert during["running"] == 1 and during["finished"] == before["finished"], \
+        f"the held refinement ended during the flood, so the flood proves nothing: {before} -> {during}"
+    for r in answers:
+        assert_busy(r, "max_concurrent_refines")
+    assert during["refused"] - before["refused"] == flood
+    assert generated.status_code == 200 and png_array(generated.content).shape == (RES, RES, 3)
+    held.cancel()
+    wait_until_no_refinement_runs(server)
+    assert requests.get(f"{server}/api/info", timeout=30).json()["resolution"] == RES
+    r = requests.post(f"{server}/api/refine", files={"image": ("f.png", faces[1])}, data={"steps": "5"}, timeout=60)
+    assert r.status_code == 200 and r.json()["steps"] == 5  # the slot is free again
+
+
+def test_a_full_model_queue_answers_503_at_once_and_the_replica_recovers(server, checkpoints):
+    """One batched call in the replica at a time, held by a 4 s batch wait, and one queued: of six
+    generates at once the extra ones are refused with a JSON 503, the admitted ones answer."""
+    from ray import serve
+
+    from alae_ray.serve.app import ServeArgs, build_app
+
+    try:
+        serve.run(build_app(ServeArgs(checkpoint=checkpoints["local"], ui=False, lpips=False, max_ongoing_requests=1,
+                                      max_queued_requests=1, batch_wait_timeout_s=4)), name="queue", route_prefix="/queue")
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda seed: requests.post(f"{server}/queue/api/generate", json={"seed": seed},
+                                                               timeout=60), range(6)))
+        statuses = sorted(r.status_code for r in answers)
+        assert set(statuses) == {200, 503}, statuses
+        for r in answers:
+            if r.status_code == 503:
+                assert_busy(r, "max_queued_requests")
+        assert requests.get(f"{server}/queue/api/info", timeout=30).status_code == 200
+        stats = requests.get(f"{server}/queue/api/stats", timeout=30).json()["generate"]  # the model replica answers
+        assert stats["batches"] >= 1 and stats["max_images"] <= 2
+    finally:
+        serve.delete("queue")
 
 
 # --- checkpoints on S3, and a checkpoint that does not match its config ------------------------

@@ -269,6 +269,20 @@ def test_generate_is_deterministic_and_truncates(engine):
     assert torch.equal(engine.api.styles(seed=[3], psi=1.0)[0, 0], engine.model.F(engine.api.latents([3]))[0])
 
 
+def test_outputs_become_uint8_one_forward_chunk_at_a_time(engine):
+    """More images than one forward pass holds: the same images as the API's one float32 result."""
+    from alae_ray.api import MAX_FORWARD
+
+    n = MAX_FORWARD + 3
+    seeds, psis = np.arange(n), np.full(n, 0.7, np.float32)
+    got = engine.generate(seeds, psis)
+    want = engine.api.to_uint8(engine.api.generate(seeds.tolist(), psi=psis, cutoff=engine.cutoff))
+    assert got.shape == (n, 32, 32, 3) and got.dtype == np.uint8 and np.array_equal(got, want)
+    ws = engine.encode(got)
+    assert np.array_equal(engine.synthesize(ws), engine.api.to_uint8(engine.api.decode(ws)))
+    assert np.array_equal(engine.reconstruct(got)[0], engine.api.to_uint8(engine.api.reconstruct(got)))
+
+
 def test_checkpoint_mismatch_names_the_checkpoint(tiny_checkpoint, tmp_path):
     import json
     import shutil
@@ -364,6 +378,24 @@ def test_refinement_adds_lpips_when_its_weights_are_local(tiny_checkpoint, tmp_p
     assert mse_a[0] == mse_b[0] and not np.array_equal(a, b)  # same start, another objective
 
 
+def test_the_ui_shows_refusals_as_messages_and_deletes_its_cache(engine, tmp_path):
+    import gradio as gr
+
+    from apps.gradio_app import CACHE_MAX_AGE_S, Examples, _shown, build_ui
+    from alae_ray.serve.service import Overloaded, Service
+
+    async def busy():
+        raise Overloaded("the model is busy")
+
+    with pytest.raises(gr.Error, match="the model is busy"):
+        asyncio.run(_shown(busy)())
+    paths = [str(tmp_path / f"{i}.png") for i in range(6)]
+    for path in paths:
+        Image.fromarray(gradient(32, 32)).save(path)
+    blocks = build_ui(Service(LocalBackend(engine), engine.info()), Examples(str(tmp_path), paths))
+    assert blocks.delete_cache == (CACHE_MAX_AGE_S, CACHE_MAX_AGE_S)
+
+
 def test_the_ui_speaks_of_what_the_model_was_trained_on():
     from apps.gradio_app import subject
 
@@ -383,16 +415,41 @@ def test_serve_yaml_builds_with_typed_args():
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve.schema import ServeDeploySchema
 
-    from alae_ray.serve.app import build_app
+    from alae_ray.serve.app import ServeArgs, build_app
 
     conf = ServeDeploySchema.model_validate(yaml.safe_load((Path(__file__).parents[1] / "deploy" / "serve.yaml").read_text()))
     assert conf.http_options.host == "127.0.0.1"
     app = conf.applications[0]
     assert app.import_path == "alae_ray.serve.app:build_app"
     assert type(call_user_app_builder_with_args_if_necessary(build_app, app.args)).__name__ == "Application"
-    for bad in ({"max_batch_size": "lots"}, {"max_batch_size": 0}, {"chekpoint": "x"}):
+    for bad in ({"max_batch_images": "lots"}, {"max_batch_images": 0}, {"max_concurrent_refines": 0},
+                {"max_queued_requests": 0}, {"chekpoint": "x"}):
         with pytest.raises(ValidationError):
             call_user_app_builder_with_args_if_necessary(build_app, {**app.args, **bad})
+    # the former name still reads; the refinements' slots come on top of the batched calls'
+    args = {k: v for k, v in app.args.items() if k != "max_batch_images"}
+    with pytest.raises(ValidationError):
+        ServeArgs(**args, max_batch_size=0)
+    old = ServeArgs(**args, max_batch_size=8)
+    assert old.max_batch_images == 8 and old.ongoing() == 64 + old.max_concurrent_refines
+
+
+def test_cli_defaults_and_request_timeout_match_the_deployment_config():
+    from pathlib import Path
+
+    import yaml
+
+    from alae_ray.cli import build_parser
+    from alae_ray.serve.app import ServeArgs
+    from alae_ray.serve.cli import REQUEST_TIMEOUT_S
+
+    conf = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "serve.yaml").read_text())
+    assert conf["http_options"]["request_timeout_s"] == REQUEST_TIMEOUT_S
+    args = build_parser().parse_args(["serve", "--checkpoint", "x"])
+    assert args.request_timeout_s == REQUEST_TIMEOUT_S
+    defaults = ServeArgs(checkpoint="x")
+    for key in ("max_batch_images", "max_concurrent_refines", "max_queued_requests"):
+        assert getattr(args, key) == getattr(defaults, key) == conf["applications"][0]["args"][key], key
 
 
 def test_cli_refuses_a_missing_checkpoint_before_starting_ray(tmp_path, capsys):
@@ -404,5 +461,13 @@ def test_cli_refuses_a_missing_checkpoint_before_starting_ray(tmp_path, capsys):
     (tmp_path / "half").mkdir()
     assert main(["serve", "--checkpoint", str(tmp_path / "half")]) == 2
     assert "incomplete" in capsys.readouterr().err
+    # the overload settings are refused in one line naming the flag, before the checkpoint is looked at
+    for flag, value in (("--max-concurrent-refines", "0"), ("--max-queued-requests", "0"), ("--max-batch-images", "0")):
+        assert main(["serve", "--checkpoint", str(tmp_path / "none"), flag, value]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"error: {flag}: input should be greater than or equal to 1" in err, err
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--checkpoint", str(tmp_path / "none"), "--request-timeout-s", "0"])
+    assert exit_.value.code == 2 and "--request-timeout-s: must be a positive number of seconds" in capsys.readouterr().err
     tb = "Traceback (most recent call last):\n  File x\nalae_ray.core.checkpoint.CheckpointError: checkpoint 'c' does not match"
     assert root_message(tb) == "checkpoint 'c' does not match"

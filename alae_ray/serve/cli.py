@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import re
 import signal
@@ -48,18 +50,47 @@ def startup_error(app_name: str, exc: BaseException) -> str:
     return root_message(str(exc))
 
 
+REQUEST_TIMEOUT_S = 120.0  # the proxy answers 408 to a request unanswered this long (as deploy/serve.yaml says)
+# The flags of the ServeArgs keys not spelled --key-with-dashes on the command line.
+FLAGS = {"batch_wait_timeout_s": "--batch-wait-ms / 1000", "ui": "--no-ui", "lpips": "--no-lpips"}
+
+
+def serve_args(**values):
+    """ServeArgs from the command line's values; a bad one is a ValueError of one line naming its flag."""
+    from pydantic import ValidationError
+
+    from .app import ServeArgs
+
+    try:
+        return ServeArgs(**values)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        key = str(e["loc"][0])
+        flag = FLAGS.get(key, "--" + key.replace("_", "-"))
+        raise ValueError(f"{flag}: {e['msg'][0].lower()}{e['msg'][1:]} (got {e['input']!r})") from None
+
+
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def cmd_serve(args) -> int:
     from ray import serve
 
     import ray
 
     from ..train.watchdog import cluster_can_grow, require, start_ray
-    from .app import GATEWAY_CPUS, UI_PATH, ServeArgs, build_app
+    from .app import GATEWAY_CPUS, UI_PATH, build_app
 
+    opts = serve_args(checkpoint=args.checkpoint, device=args.device, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
+                      max_batch_images=args.max_batch_images, batch_wait_timeout_s=args.batch_wait_ms / 1000.0,
+                      max_concurrent_refines=args.max_concurrent_refines, max_queued_requests=args.max_queued_requests,
+                      ui=not args.no_ui, lpips=not args.no_lpips)
     checkpoint = precheck(args.checkpoint if args.checkpoint.startswith("s3://") else os.path.abspath(args.checkpoint))
-    opts = ServeArgs(checkpoint=checkpoint, device=args.device, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
-                     max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1000.0,
-                     ui=not args.no_ui, lpips=not args.no_lpips)
+    opts = opts.model_copy(update={"checkpoint": checkpoint})
     start_ray("serve", verbose=args.verbose)
     try:
         # serve.run waits until every replica runs: refuse what cannot be placed instead of waiting
@@ -69,7 +100,7 @@ def cmd_serve(args) -> int:
                           f"{GATEWAY_CPUS:g} CPU", "lower --num-cpus or --num-gpus", strict=not cluster_can_grow())
         if warning:
             print(f"alae-ray serve: warning: {warning}", file=sys.stderr, flush=True)
-        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": args.request_timeout_s})
         try:
             serve.run(build_app(opts), name="alae", route_prefix="/")
         except Exception as exc:  # a failed replica start arrives as a RuntimeError with its traceback
@@ -106,8 +137,15 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--num-gpus", type=float, default=0, help="GPUs per model replica (default 0)")
     p.add_argument("--num-cpus", type=float, default=1, help="CPUs per model replica (default 1)")
-    p.add_argument("--max-batch-size", type=int, default=16, help="largest model batch (default 16)")
+    p.add_argument("--max-batch-images", "--max-batch-size", type=int, default=16,
+                   help="images per model batch, summed over the requests it joins (default 16)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill (default 10)")
+    p.add_argument("--max-concurrent-refines", type=int, default=1, help="refinements one model replica runs at "
+                   "once; more are refused with 503 (default 1)")
+    p.add_argument("--max-queued-requests", type=int, default=64, help="calls each gateway queues for busy model "
+                   "replicas; more are refused with 503 (default 64)")
+    p.add_argument("--request-timeout-s", type=positive_seconds, default=REQUEST_TIMEOUT_S,
+                   help=f"the proxy answers 408 to a request unanswered this long (default {REQUEST_TIMEOUT_S:g})")
     p.add_argument("--no-ui", action="store_true", help="API only, no Gradio UI")
     p.add_argument("--no-lpips", action="store_true", help="refine with the pixel loss only, even where LPIPS's "
                                                           "weights are on the machine")

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import torch
 
-from alae_ray.api import Model, load, pick_device  # noqa: F401  (pick_device: part of this module's API)
+from alae_ray.api import MAX_FORWARD, Model, load, pick_device  # noqa: F401  (pick_device: this module's API)
 from alae_ray.core.bands import describe_bands
 from alae_ray.core.checkpoint import CheckpointError
 
@@ -45,24 +45,29 @@ class Engine:
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
         return x.float().div_(127.5).sub_(1.0)
 
+    def _uint8(self, images, n: int) -> np.ndarray:
+        """uint8 [n, R, R, 3] from ``images(slice)`` -> [-1, 1] images, one forward chunk at a time: each
+        chunk becomes uint8 before the next, so float32 outputs never pile up (12 MB an image at 1024)."""
+        return np.concatenate([self.api.to_uint8(images(slice(i, i + MAX_FORWARD))) for i in range(0, n, MAX_FORWARD)])
+
     def encode(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, R, R, 3] -> w float32 [N, L]."""
         return self.api.encode(self._input(images)).cpu().numpy()
 
     def synthesize(self, ws: np.ndarray) -> np.ndarray:
         """w float32 [N, L] or per-style-input codes [N, S, L] -> uint8 [N, R, R, 3]."""
-        return self.api.to_uint8(self.api.decode(np.ascontiguousarray(ws, dtype=np.float32)))
+        ws = np.ascontiguousarray(ws, dtype=np.float32)
+        return self._uint8(lambda s: self.api.decode(ws[s]), len(ws))
 
     def reconstruct(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N, R, R, 3] -> (G(E(x)) uint8 [N, R, R, 3], w float32 [N, L])."""
         w = self.api.encode(self._input(images))
-        return self.api.to_uint8(self.api.decode(w)), w.cpu().numpy()
+        return self._uint8(lambda s: self.api.decode(w[s]), len(w)), w.cpu().numpy()
 
     def generate(self, seeds: np.ndarray, psis: np.ndarray) -> np.ndarray:
         """G(truncate(F(z(seed)), psi)) as uint8 [N, R, R, 3], each seed with its own psi."""
-        x = self.api.generate([int(s) for s in seeds], psi=np.asarray(psis, np.float32), cutoff=self.cutoff)
-        return self.api.to_uint8(x)
-
+        seeds, psis = [int(s) for s in seeds], np.asarray(psis, np.float32)  # a seed fixes its image's noise too
+        return self._uint8(lambda s: self.api.generate(seeds[s], psi=psis[s], cutoff=self.cutoff), len(seeds))
 
     def directions(self, k: int) -> np.ndarray:
         """The ``k`` strongest unsupervised edit directions in W (SeFa), float32 [k, L], unit length."""

@@ -1,8 +1,9 @@
 """The HTTP API: a FastAPI app over a ``Service``. Images in as multipart uploads, out as PNG; w as JSON.
 
 Every error is JSON ``{"error": "..."}`` with a 4xx status for bad input (400 malformed, 413 too
-large, 415 not an image, 422 invalid value) and a bare 500 for anything else: no tracebacks, no
-server paths. Request bodies are capped before they are parsed.
+large, 415 not an image, 422 invalid value), 503 with ``Retry-After`` when the model has no room
+(``Overloaded``), and a bare 500 for anything else: no tracebacks, no server paths. Request bodies
+are capped before they are parsed; JSON bodies are parsed and images decoded off the event loop.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .inputs import InputError, Limits, decode_image, encode_png, parse_json, strip, style_grid
-from .service import Service
+from .service import RETRY_AFTER_S, Overloaded, Service
 
 log = logging.getLogger("alae_ray.serve")
 
@@ -72,6 +73,10 @@ class BodyLimit:
         except _TooLarge:
             if not started:
                 await error(413, message)(scope, receive, send)
+
+
+async def _json(request: Request) -> Any:
+    return await asyncio.to_thread(parse_json, await request.body())  # a large body takes a while to parse
 
 
 async def _form(request: Request, limits: Limits):
@@ -146,6 +151,10 @@ def build_api(service: Service, stats: Callable[[], Awaitable[dict]] | None = No
     async def _input_error(request: Request, exc: InputError):
         return error(exc.status, exc.message)
 
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded):
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         return error(exc.status_code, str(exc.detail))
@@ -198,7 +207,7 @@ def build_api(service: Service, stats: Callable[[], Awaitable[dict]] | None = No
     @app.post("/api/decode")
     async def decode(request: Request):
         """JSON ``{"w": [L numbers] or [S lists of L]}`` -> PNG."""
-        body = parse_json(await request.body())
+        body = await _json(request)
         if not isinstance(body, dict) or "w" not in body:
             raise InputError("expected a JSON object with a 'w' field", 422)
         r = await service.decode(body["w"])
@@ -207,7 +216,7 @@ def build_api(service: Service, stats: Callable[[], Awaitable[dict]] | None = No
     @app.post("/api/generate")
     async def generate(request: Request):
         """JSON ``{"seed": int, "psi": float (optional)}`` -> PNG."""
-        body = parse_json(await request.body())
+        body = await _json(request)
         if not isinstance(body, dict) or "seed" not in body:
             raise InputError("expected a JSON object with a 'seed' field", 422)
         r = await service.generate(body["seed"], body.get("psi"))
@@ -255,7 +264,7 @@ def build_api(service: Service, stats: Callable[[], Awaitable[dict]] | None = No
         ``layers``: a band (coarse / middle / fine), ``start:stop`` over style inputs, or all (default).
         """
         if request.headers.get("content-type", "").startswith("application/json"):
-            body = parse_json(await request.body())
+            body = await _json(request)
             if not isinstance(body, dict) or "w" not in body:
                 raise InputError("expected a JSON object with a 'w' field (or a multipart 'image')", 422)
             fields, image, w = body, None, body["w"]

@@ -5,7 +5,8 @@ A backend has async ``encode(images)``, ``synthesize(ws)``, ``reconstruct(images
 the model's batch, unbatched ``directions(k)``, and ``refine(image, steps)``, an async iterator of
 ("step", step, loss) events ending with ("done", encoder's, refined, pixel errors). Composite
 operations (style grids, interpolation, edits) are one encode call and one synthesize call each, so
-their images travel through the model batched too.
+their images travel through the model batched too. A backend with no room for a call now raises
+``Overloaded``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ import numpy as np
 from .engine import lerp_codes, mix_codes
 from .inputs import STRENGTH_RANGE, InputError, Limits, parse_float, parse_int, parse_psi, parse_seed, parse_w
 from .styles import parse_layers
+
+RETRY_AFTER_S = 5  # what an overloaded server tells clients to wait (Retry-After)
+
+
+class Overloaded(Exception):
+    """The model has no room for this request now (its queue or its refinements are full): a 503 with
+    a client-safe message, to retry later."""
 
 
 class Backend(Protocol):
