@@ -22,9 +22,9 @@ os.environ.setdefault("RAY_enable_metrics_collection", "0")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-S3_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
+S3_ENV = {  # keys moto accepts, distinctive enough to grep for where they must never be written
+    "AWS_ACCESS_KEY_ID": "AKIAALAERAYTEST0KEY7",
+    "AWS_SECRET_ACCESS_KEY": "alae-ray-fake-secret-Zq8vX3mN0pL5",
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_EC2_METADATA_DISABLED": "true",  # no 1 s probes of an instance role
     "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",

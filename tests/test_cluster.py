@@ -75,6 +75,21 @@ def test_every_file_the_cluster_setup_refers_to_exists():
                for w, p in policies.items()}
     assert {"ec2:RunInstances", "ec2:TerminateInstances", "iam:PassRole"} <= actions["head"]
     assert all(a.startswith("s3:") for a in actions["worker"])
+    # the head changes only instances tagged for this cluster (never the account's others) ...
+    for st in policies["head"]["Statement"]:
+        acts = {st["Action"]} if isinstance(st["Action"], str) else set(st["Action"])
+        if acts & {"ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances", "ec2:DeleteTags"}:
+            assert st["Condition"] == {"StringEquals": {"ec2:ResourceTag/ray-cluster-name": "YOUR-CLUSTER"}}, st
+        if "ec2:RunInstances" in acts and "instance/*" in json.dumps(st["Resource"]):
+            assert st["Condition"] == {"StringEquals": {"aws:RequestTag/ray-cluster-name": "YOUR-CLUSTER"}}, st
+    assert cfg["cluster_name"] == "alae-ray"  # create.sh's default YOUR-CLUSTER
+    # ... and nobody's S3 rights reach past the prefixes the commands use
+    for who, policy in policies.items():
+        for st in policy["Statement"]:
+            if any(a.startswith("s3:") for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])):
+                for r in [st["Resource"]] if isinstance(st["Resource"], str) else st["Resource"]:
+                    assert r == "arn:aws:s3:::YOUR-BUCKET" or re.fullmatch(
+                        r"arn:aws:s3:::YOUR-BUCKET/(datasets|models|runs|tune)/\*", r), (who, r)
 
 
 @pytest.mark.parametrize("breakage", ["bad_type", "unknown_head", "unknown_key"])

@@ -140,6 +140,30 @@ def test_interrupted_run_resumes_exactly(tmp_path, shapes_local):
         assert {k: got[i][k] for k in LOSSES} == {k: want[i][k] for k in LOSSES}, i
 
 
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, shapes_local, capfd):
+    """The newest checkpoint truncated (a partial copy, a disk error): the same command resumes from
+    the one before it, saying so, instead of failing until max_failures runs out."""
+    from alae_ray.train.checkpoints import run_checkpoints
+    from alae_ray.train.ownership import DEFINITION_FILE, LEASE_FILE
+    from alae_ray.train.run import run
+
+    run(options(tmp_path, data=shapes_local, max_kimg=0.24))
+    run_dir = tmp_path / "runs" / "t"
+    newest, previous = run_checkpoints(str(run_dir))[:2]
+    state = Path(newest) / "state.safetensors"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    capfd.readouterr()
+    summary = run(options(tmp_path, data=shapes_local, max_kimg=0.288))
+    err = capfd.readouterr().err
+    assert (f"warning: checkpoint {Path(newest).name} is unreadable (checkpoint " in err
+            and f"resumed from the newest earlier readable one, {Path(previous).name}" in err), err
+    rows = metrics(tmp_path / "artifacts")
+    restart = next(i for i in range(1, len(rows)) if rows[i]["kimg"] <= rows[i - 1]["kimg"])
+    assert rows[restart - 1]["kimg"] == pytest.approx(0.24) and rows[restart]["kimg"] == pytest.approx(0.208)
+    assert summary["kimg"] == pytest.approx(0.288)
+    assert (run_dir / DEFINITION_FILE).is_file() and not (run_dir / LEASE_FILE).exists()
+
+
 def test_worker_killed_mid_run_recovers(tmp_path, shapes_local):
     from alae_ray.train.run import run
 

@@ -26,12 +26,13 @@ FIRST, SECOND, BAD = 0.002, 0.001, 10.0  # two sane learning rates, run in this 
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(s3_server):
     import ray
 
     from alae_ray.tune.runner import RAY_ENV
 
-    # with its dashboard, as the commands start it: Train cleans up after stopped trials through it
+    # with its dashboard, as the commands start it: Train cleans up after stopped trials through it;
+    # after the S3 fixture, so that the workers inherit the loopback endpoint and credentials
     ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
              runtime_env={"env_vars": RAY_ENV})
     yield ray.get_runtime_context().gcs_address
@@ -256,13 +257,24 @@ def test_the_readme_sweep_runs_on_this_machine(shapes32, tmp_path):
     path.write_text(yaml.safe_dump(data))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run([sys.executable, "-m", "alae_ray.cli", "tune", "--sweep", str(path), "--storage",
-                          str(tmp_path / "tune"), "--data", shapes32, "--quiet"], cwd=REPO, env=env,
+                          str(tmp_path / "tune"), "--data", shapes32], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = (tmp_path / "tune" / "tiny_r1_lr" / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2
     if os.cpu_count() < 4:
         assert "running 1 trial(s) at a time instead of search.max_concurrent_trials = 2" in out.stderr
+    # A console as train's: a line per trial event, then the summary; Ray's own lines only with --verbose
+    lines = (out.stderr + out.stdout).strip().splitlines()
+    trials = [r.split(",")[0] for r in rows[1:]]
+    for t in trials:
+        assert any(l.startswith(f"trial {t} started: ") and "schedule.lr=" in l and "train.r1_gamma=" in l
+                   for l in lines), lines
+        assert [l for l in lines if l.startswith(f"trial {t}  kimg ")], lines
+        assert any(l.startswith(f"trial {t} completed ") or l.startswith(f"trial {t} stopped early ") for l in lines)
+    ours = ("trial ", "sweep ", "  ", "alae-ray tune: ")
+    assert [l for l in lines if not l.startswith(ours)] == [], lines
+    assert len(lines) <= 40, lines
 
 
 # --- population-based training -------------------------------------------------------------------
@@ -278,6 +290,38 @@ def _member_checkpoints(summary: dict) -> dict[str, Path]:
 # Short enough that members queued behind three others' segments wait longer (one segment at a time),
 # long enough for any quiet spell inside a segment on this 2-CPU machine.
 PBT_STALL_S = 30.0
+
+
+def test_a_sweep_on_s3_writes_no_credentials_anywhere(ray_local, shapes32, s3_bucket, tmp_path):
+    """The keys given through the environment are resolved where they are used: Tune's experiment
+    state (tuner.pkl), the trials' Train runs, checkpoints and artifacts on S3, and the local trial
+    folders hold neither the key id nor the secret."""
+    import pyarrow.fs as pafs
+
+    from alae_ray.data.storage import resolve
+
+    secrets = [os.environ["AWS_ACCESS_KEY_ID"].encode(), os.environ["AWS_SECRET_ACCESS_KEY"].encode()]
+    path = write_sweep(tmp_path / "s3.yaml", name="s3", space={"train.r1_gamma": {"grid": [5.0]}},
+                       trial={"kimg": 0.128})
+    from alae_ray.tune.runner import TuneOptions, run_sweep
+
+    summary = run_sweep(TuneOptions(sweep=path, storage=f"{s3_bucket}/tune", data=shapes32, verbose=0,
+                                    shuffle_buffer=64))
+    assert [t["status"] for t in summary["trials"]] == ["completed"]
+    fs = resolve(s3_bucket).fs
+    objects = [i for i in fs.get_file_info(pafs.FileSelector(s3_bucket[len("s3://"):], recursive=True))
+               if i.type == pafs.FileType.File]
+    names = {i.base_name for i in objects}
+    assert {"tuner.pkl", "run.json", "state.safetensors", "metrics.jsonl"} <= names, names  # the state is there
+    leaked = [i.path for i in objects if any(s in fs.open_input_stream(i.path).read() for s in secrets)]
+    import ray
+
+    # Tune's and the trials' local folders (working directories, staged results) are in the session's
+    session = Path(ray._private.worker._global_node.get_session_dir_path()) / "artifacts"
+    files = [p for folder in (session, tmp_path) for p in folder.rglob("*") if p.is_file()]
+    assert any(p.name == "metrics.jsonl" for p in files)  # the trial's artifacts (S3 storage: kept locally too)
+    local = [p for p in files if any(s in p.read_bytes() for s in secrets)]
+    assert leaked == [] and local == []
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,9 @@ S3 is configured by the standard AWS environment: credentials through botocore's
 (environment, shared files, SSO, container or instance roles), ``AWS_ENDPOINT_URL`` /
 ``AWS_ENDPOINT_URL_S3`` for S3-compatible stores, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``. All
 reads and writes go through pyarrow (the same filesystem object is handed to Ray Data); botocore
-is used only to resolve credentials, because pyarrow silently falls back to anonymous requests,
-which turns a missing-credentials mistake into a confusing error much later.
+is used only to check that credentials exist, because pyarrow silently falls back to anonymous
+requests, which turns a missing-credentials mistake into a confusing error much later. The
+credentials themselves never enter the filesystem object (see ``s3_filesystem``).
 """
 
 from __future__ import annotations
@@ -52,11 +53,10 @@ def s3_filesystem(uri: str) -> pafs.S3FileSystem:
             f"{uri}: no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
             "AWS_PROFILE, or run on a machine with an instance role)")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or session.get_config_variable("region") or "us-east-1"
+    # No keys in here: the AWS SDK inside pyarrow resolves them from the same chain in each process
+    # that uses the filesystem. Keys passed to it would travel wherever it is pickled (Ray Train's and
+    # Tune's saved state, every task's arguments) and role credentials would stop refreshing.
     kwargs: dict = {"region": region}
-    # Role credentials expire; let pyarrow's own chain refresh them. Static ones are passed as is.
-    if creds.method in ("env", "shared-credentials-file", "config-file", "explicit"):
-        frozen = creds.get_frozen_credentials()
-        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -142,19 +143,37 @@ def upload(local_dir: str | Path, uri: str) -> list[str]:
         sent_before = {}
     loc = resolve(uri)
     ledger, sent = {}, []
-    for path in sorted(local_dir.rglob("*")):
-        rel = path.relative_to(local_dir).as_posix()
-        if not path.is_file() or path.name.startswith("."):
-            continue
-        st = path.stat()
-        ledger[rel] = [st.st_size, st.st_mtime_ns]
-        if sent_before.get(rel) != ledger[rel]:
-            write_bytes_atomic(loc, rel, path.read_bytes())  # no directory markers: plain object writes
-            sent.append(rel)
-    tmp = ledger_path.with_name(f"{LEDGER}.tmp")
-    tmp.write_text(json.dumps(ledger))
-    os.replace(tmp, ledger_path)
+    try:
+        for path in sorted(local_dir.rglob("*")):
+            rel = path.relative_to(local_dir).as_posix()
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            st = path.stat()
+            if sent_before.get(rel) != [st.st_size, st.st_mtime_ns]:
+                write_bytes_atomic(loc, rel, path.read_bytes())  # no directory markers: plain object writes
+                sent.append(rel)
+            ledger[rel] = [st.st_size, st.st_mtime_ns]
+    finally:  # what was sent stays sent should a later file fail: the next upload sends only the rest
+        tmp = ledger_path.with_name(f"{LEDGER}.tmp")
+        tmp.write_text(json.dumps(ledger))
+        os.replace(tmp, ledger_path)
     return sent
+
+
+def attempt(what: str, fn, warn, tries: int = 3, wait_s: float = 1.0) -> bool:
+    """Call ``fn`` up to ``tries`` times, waiting ``wait_s``, then twice that, between tries; each
+    failure is ``warn(line)``ed, none is raised (samples and uploads must never stop training).
+    True if it succeeded."""
+    for i in range(1, tries + 1):
+        try:
+            fn()
+            return True
+        except Exception as exc:  # anything: a full disk, a storage outage, a bug in a plot
+            again = f"trying again in {wait_s * 2 ** (i - 1):g} s" if i < tries else "trying again at the next checkpoint"
+            warn(f"{what} failed (try {i} of {tries}: {type(exc).__name__}: {exc}); {again}".replace("\n", " "))
+            if i < tries:
+                time.sleep(wait_s * 2 ** (i - 1))
+    return False
 
 
 def restore_log(local_dir: str | Path, uri: str) -> bool:

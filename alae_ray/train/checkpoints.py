@@ -43,13 +43,11 @@ def checkpoint_info(uri: str) -> tuple[Config, dict]:
     return cfg, progress
 
 
-def locate_checkpoint(uri: str, said_by: str | None = None) -> str:
-    """``uri`` if it is a checkpoint, else the newest complete checkpoint directly inside it (a run
-    directory: Ray Train's ``checkpoint_<timestamp>`` folders; the most images seen wins), local,
-    ``file://`` or ``s3://``; ``uri`` itself when it holds none, for the loader to say what is missing.
-    On S3 that is two listings and one small read per checkpoint, no download (a run directory holds
-    several checkpoints of up to a GB each). ``said_by`` (e.g. ``"alae-ray serve: --checkpoint"``):
-    tell the user on stderr which checkpoint was taken."""
+def run_checkpoints(uri: str) -> list[str]:
+    """The complete checkpoints directly inside a run directory (Ray Train's ``checkpoint_<timestamp>``
+    folders), newest (most images seen) first, as URIs in ``uri``'s form; [] when it holds none or is
+    itself a checkpoint. On S3 that is two listings and one small read per checkpoint, no download (a
+    run directory holds several checkpoints of up to a GB each)."""
     import pyarrow.fs as pafs
 
     from ..data.storage import DatasetError, resolve
@@ -64,24 +62,32 @@ def locate_checkpoint(uri: str, said_by: str | None = None) -> str:
                     if e.type == pafs.FileType.File}
 
         if loc.fs.get_file_info(loc.path).type != pafs.FileType.Directory or needed <= files(loc.path):
-            return uri  # missing, a file, or a checkpoint itself
+            return []  # missing, a file, or a checkpoint itself
         for d in loc.fs.get_file_info(pafs.FileSelector(loc.path)):
             if d.type != pafs.FileType.Directory or d.base_name.startswith(".") or not needed <= files(d.path):
                 continue  # not a checkpoint, or one still being written or uploaded
             with loc.fs.open_input_stream(f"{d.path}/{PROGRESS_FILE}") as f:
                 try:
                     found.append((int(json.loads(f.read()).get("images_seen", -1)), d.base_name))
-                except (ValueError, TypeError):
-                    continue
+                except (ValueError, TypeError, AttributeError):
+                    continue  # unreadable progress: not one to pick
     except (DatasetError, OSError) as exc:
         raise CheckpointError(f"checkpoint {uri!r}: cannot list it ({exc})".replace("\n", " ")) from None
+    base = (uri[len("file://"):] if uri.startswith("file://") else uri).rstrip("/")
+    return [f"{base}/{name}" for _, name in sorted(found, reverse=True)]
+
+
+def locate_checkpoint(uri: str, said_by: str | None = None) -> str:
+    """``uri`` if it is a checkpoint, else the newest complete checkpoint directly inside it (a run
+    directory, see ``run_checkpoints``), local, ``file://`` or ``s3://``; ``uri`` itself when it holds
+    none, for the loader to say what is missing. ``said_by`` (e.g. ``"alae-ray serve: --checkpoint"``):
+    tell the user on stderr which checkpoint was taken."""
+    found = run_checkpoints(uri)
     if not found:
         return uri
-    base = uri[len("file://"):] if uri.startswith("file://") else uri
-    newest = f"{base.rstrip('/')}/{max(found)[1]}"
     if said_by:
-        print(f"{said_by} {uri}: using its newest checkpoint {newest}", file=sys.stderr, flush=True)
-    return newest
+        print(f"{said_by} {uri}: using its newest checkpoint {found[0]}", file=sys.stderr, flush=True)
+    return found[0]
 
 
 AUTO_MIN_KIMG = 2.0  # automatic pacing never checkpoints more often than this

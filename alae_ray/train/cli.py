@@ -16,7 +16,7 @@ def cmd_train(args) -> int:
                         tick_kimg=args.tick_kimg, checkpoint_kimg=args.checkpoint_kimg, keep=args.keep,
                         max_failures=args.max_failures, flip=not args.no_flip,
                         cpus_per_worker=args.cpus_per_worker, init_checkpoint=init,
-                        stall_timeout_s=args.stall_timeout, verbose=args.verbose)
+                        stall_timeout_s=args.stall_timeout, verbose=args.verbose, allow_changes=args.allow_changes)
     try:
         summary = run(opts)
     except Exception as exc:  # Ray wraps worker errors; show the root cause in one line
@@ -61,6 +61,9 @@ def register(sub) -> None:
     p.add_argument("--init", metavar="CHECKPOINT", default=None,
                    help="start a new run from this checkpoint's networks (e.g. one from `alae-ray import-authors`, "
                         "to fine-tune); ignored once the run has checkpoints of its own")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="continue a run (the same --name) with another preset, overrides, data or flips than it was "
+                        "started with (otherwise refused, naming the first difference); run.json records the change")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--verbose", action="store_true", help="also print Ray's own logs from the workers "
                    "(otherwise they stay in Ray's session log files)")

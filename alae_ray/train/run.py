@@ -21,6 +21,7 @@ from ..data.reader import check_level_schemas
 from ..data.sources import shapes_source
 from ..data.storage import DatasetError, resolve
 from .checkpoints import checkpoint_info
+from .ownership import RunDefinition, RunLease, check_definition, record_definition
 from .watchdog import (Needs, cluster_can_grow, fit_watched, local_paths_warning, new_board, other_node_ips, preflight,
                        start_ray)
 
@@ -63,6 +64,7 @@ class TrainOptions:
     #                                     ignored once the run has checkpoints of its own (resume).
     init_data_position: bool = False  # ... and from its data position (same dataset and batch: a population member).
     objective: dict | None = None  # Report a tuning objective every tick (see alae_ray.train.objective).
+    allow_changes: bool = False  # Continue a run whose recorded definition differs (see train.ownership).
 
 
 def embedded_dataset(resolution: int, count: int = EMBEDDED_COUNT, seed: int = 0) -> str:
@@ -110,6 +112,8 @@ class Plan:
     artifacts_dir: Path
     upload: str | None
     max_kimg: float
+    run_uri: str  # the run directory: checkpoints, run.json, the lease
+    definition: RunDefinition
 
 
 def plan(opts: TrainOptions) -> Plan:
@@ -145,7 +149,11 @@ def plan(opts: TrainOptions) -> Plan:
         artifacts_dir = (Path("runs") / name / "artifacts").resolve()
     upload = f"{opts.storage.rstrip('/')}/{name}/artifacts" if storage_fs is not None else None
     max_kimg = opts.max_kimg if opts.max_kimg is not None else total_kimg(cfg)
-    return Plan(cfg, data, manifest, resolutions, name, storage_path, storage_fs, artifacts_dir, upload, max_kimg)
+    run_uri = f"{'s3://' if storage_fs is not None else ''}{storage_path}/{name}"
+    definition = RunDefinition.of(cfg, manifest, opts.flip, opts.shuffle_buffer, opts.preset, opts.overrides)
+    check_definition(run_uri, definition, opts.allow_changes)  # again under the lease, before training
+    return Plan(cfg, data, manifest, resolutions, name, storage_path, storage_fs, artifacts_dir, upload, max_kimg,
+                run_uri, definition)
 
 
 def _tuning_inputs(opts: TrainOptions, cfg: Config, manifest, resolutions: list[int], max_kimg: float):
@@ -187,6 +195,7 @@ def build_trainer(opts: TrainOptions, p: Plan | None = None):
         "threads": max(1, int(opts.cpus_per_worker)), "fail_at_kimg": opts.fail_at_kimg,
         "init_checkpoint": opts.init_checkpoint, "init_data_position": opts.init_data_position,
         "objective": opts.objective, "held_out": held_out, "board": board_name, "data": p.data,
+        "run_uri": p.run_uri,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -201,7 +210,8 @@ def build_trainer(opts: TrainOptions, p: Plan | None = None):
     )
     return trainer, {"name": p.name, "data": p.data, "storage": opts.storage,
                      "artifacts": p.upload or str(p.artifacts_dir), "max_kimg": p.max_kimg, "start_kimg": start_kimg,
-                     "config": cfg, "board": board}
+                     "config": cfg, "board": board, "run_uri": p.run_uri, "definition": p.definition,
+                     "allow_changes": opts.allow_changes}
 
 
 def max_failures(opts: TrainOptions) -> int:
@@ -213,14 +223,20 @@ def max_failures(opts: TrainOptions) -> int:
 
 
 def fit(trainer, info: dict, stall_timeout_s: float):
-    """``trainer.fit()`` bounded by the stall timeout; a non-finite loss (which the workers end the run
-    on, so that Ray Train does not retry it) raised here."""
+    """``trainer.fit()`` holding the run's lease, its definition recorded, bounded by the stall
+    timeout; a non-finite loss (which the workers end the run on, so that Ray Train does not retry it)
+    raised here."""
     import ray
 
     from ..core.phases import NonFiniteLossError
 
-    result = fit_watched(trainer, info["board"], stall_timeout_s,
-                         echo=lambda line: print(line, file=sys.stderr, flush=True))
+    with RunLease(info["run_uri"]):
+        changed = record_definition(info["run_uri"], info["definition"], info["allow_changes"])
+        if changed:
+            print(f"alae-ray train: continuing {info['run_uri']} with changes: {'; '.join(changed)}",
+                  file=sys.stderr, flush=True)
+        result = fit_watched(trainer, info["board"], stall_timeout_s,
+                             echo=lambda line: print(line, file=sys.stderr, flush=True))
     failed = ray.get(info["board"].failure.remote(), timeout=60)
     if failed:
         raise NonFiniteLossError(failed)

@@ -154,14 +154,15 @@ def train_loop_per_worker(config: dict) -> None:
         if config.get("init_data_position") and "data" in progress:
             data.load_state_dict(progress["data"])
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            _, tensors, progress = read_checkpoint(Path(d), device)
+        tensors, progress = _read_resumable(checkpoint, config["run_uri"], device, board)
         phases.load(tensors, progress)
         _restore_rng(tensors, phases)
         data.load_state_dict(progress["data"])
         fixed = {k[len("fixed."):]: v for k, v in tensors.items() if k.startswith("fixed.")}
         if rank == 0:
             print(f"resumed from checkpoint at {phases.kimg:.2f} kimg (iteration {phases.iteration})", flush=True)
+    # the grids' z, kept in every checkpoint so that a resumed run's grids compare with the earlier ones
+    fixed.setdefault("z", torch.randn(16, cfg.model.latent_size, generator=torch.Generator().manual_seed(1234)))
 
     if rank == 0 and config.get("artifacts_upload"):
         artifacts.restore_log(out_dir, config["artifacts_upload"])  # a restart elsewhere: append, not overwrite
@@ -202,12 +203,6 @@ def train_loop_per_worker(config: dict) -> None:
             # the driver prints it: one line per tick, with or without Ray's own worker logs
             beat(board, f"training at {tick.kimg:.3f} kimg ({s.resolution}px)",
                  say=artifacts.console_line(metrics, max_kimg) if config.get("console", True) else None)
-            if due:
-                _write_samples(phases, s, fixed, out_dir, tick.kimg, config)
-                if tick.images_seen >= stop:
-                    artifacts.plot_losses(log.path, out_dir / "losses.png")
-                if config.get("artifacts_upload"):
-                    artifacts.upload(out_dir, config["artifacts_upload"])
         if due:
             ckpt = None
             if rank == 0:  # written to local disk now, uploaded by Ray Train in the background
@@ -218,7 +213,9 @@ def train_loop_per_worker(config: dict) -> None:
             # ASYNC: training goes on while the checkpoint uploads (the local copy is deleted after);
             # Ray Train waits for the last upload before the run ends.
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
-            # Rank 0 stood still longest (samples, artifacts, the write): its figures pace every rank.
+            if rank == 0:  # after the checkpoint: a failure here is a warning, never a lost checkpoint
+                _publish(phases, s, fixed, out_dir, tick.kimg, config, log if tick.images_seen >= stop else None, board)
+            # Rank 0 stood still longest (the write, samples, artifacts): its figures pace every rank.
             now = time.perf_counter()
             per_image = (c0 - since[0]) / max(1, tick.images_seen - since[1])
             pacer.next_at = _gather(pacer.checkpointed(tick.images_seen, now - c0, per_image))[0]
@@ -268,10 +265,61 @@ def _marker(out_dir: Path) -> Path:
     return out_dir / "fault-injected.txt"
 
 
+def _publish(phases: ALAEPhases, stage: Stage, fixed: dict, out_dir: Path, kimg: float, config: dict,
+             final_log, board: str | None) -> None:
+    """Rank 0, after a checkpoint: the grids, the loss plot at the end, the artifacts' upload. Each is
+    tried a few times; one that still fails is a console warning and is tried again at the next
+    checkpoint (the upload sends whatever it has not sent yet)."""
+    def warn(line: str) -> None:
+        beat(board, line, say=f"warning: {line}")
+
+    artifacts.attempt("writing the sample grids", lambda: _write_samples(phases, stage, fixed, out_dir, kimg, config),
+                      warn)
+    if final_log is not None:
+        artifacts.attempt("plotting the losses", lambda: artifacts.plot_losses(final_log.path, out_dir / "losses.png"),
+                          warn)
+    if config.get("artifacts_upload"):
+        artifacts.attempt(f"uploading the artifacts to {config['artifacts_upload']}",
+                          lambda: artifacts.upload(out_dir, config["artifacts_upload"]), warn)
+
+
+def _read_resumable(checkpoint, run_uri: str, device, board: str | None) -> tuple[dict, dict]:
+    """(tensors, progress) of the checkpoint Ray Train hands over or, where any rank cannot read it
+    (a truncated upload, a lost object), of the newest earlier one in the run directory every rank
+    can read, with a warning on the console. Every rank takes the same one."""
+    from ..core.checkpoint import CheckpointError
+    from ..data.storage import resolve
+    from .checkpoints import run_checkpoints
+
+    tried, errors = [], []
+    candidate = checkpoint
+    while True:
+        try:
+            with candidate.as_directory() as d:
+                _, tensors, progress = read_checkpoint(Path(d), device)
+            error = None
+        except (CheckpointError, OSError) as exc:
+            tensors, progress, error = None, None, f"{exc}".replace("\n", " ")
+        failed = [e for e in _gather(error) if e]
+        name = Path(candidate.path).name
+        if not failed:
+            if tried:
+                warning = (f"checkpoint {tried[0]} is unreadable ({errors[0]}); resumed from the newest earlier "
+                           f"readable one, {name}")
+                beat(board, warning, say=f"warning: {warning}")
+            return tensors, progress
+        tried.append(name)
+        errors.append(failed[0])
+        older = [uri for uri in run_checkpoints(run_uri) if uri.rstrip("/").rsplit("/", 1)[-1] not in tried]
+        if not older:
+            raise CheckpointError(f"run {run_uri}: no readable checkpoint to resume from ("
+                                  + "; ".join(f"{n}: {e}" for n, e in zip(tried, errors)) + ")")
+        loc = resolve(_gather(older[0])[0])  # rank 0's choice, should the ranks' listings differ
+        candidate = ray.train.Checkpoint(loc.path, filesystem=loc.fs)
+
+
 def _write_samples(phases: ALAEPhases, stage: Stage, fixed: dict, out_dir: Path, kimg: float, config: dict) -> None:
     """Grids from the EMA model: fixed z (kept in the checkpoint) and fixed held-out reals."""
-    if "z" not in fixed:
-        fixed["z"] = torch.randn(16, phases.cfg.model.latent_size, generator=torch.Generator().manual_seed(1234))
     reals = config.get("fixed_reals")  # uint8 [n, C, R, R] at the top resolution, from the driver
     if reals is None:
         return

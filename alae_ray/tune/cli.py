@@ -11,7 +11,7 @@ def cmd_tune(args) -> int:
 
     resume = "always" if args.resume else "never" if args.no_resume else "auto"
     opts = TuneOptions(sweep=args.sweep, storage=args.storage, name=args.name, data=args.data, resume=resume,
-                       verbose=0 if args.quiet else 1)
+                       verbose=0 if args.quiet else 2 if args.verbose else 1)
     if args.check:
         plan = prepare_sweep(opts)[0]
         s = plan.sweep
@@ -41,6 +41,9 @@ def register(sub) -> None:
     g.add_argument("--resume", action="store_true", help="the experiment must exist: resume it")
     g.add_argument("--no-resume", action="store_true", help="the experiment must not exist yet")
     p.add_argument("--check", action="store_true", help="validate the sweep, checkpoint and data, then exit")
-    p.add_argument("--quiet", action="store_true", help="no Tune status tables")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quiet", action="store_true", help="print only the summary at the end")
+    g.add_argument("--verbose", action="store_true",
+                   help="Tune's status tables and Ray's own log lines instead of one line per trial event")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_tune)

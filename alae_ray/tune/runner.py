@@ -9,9 +9,9 @@ sweep and dataset this experiment was started with; a resume must match it), ``t
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 from ..core.config import ConfigError
@@ -28,7 +28,6 @@ RESUME_MODES = ("auto", "always", "never")
 RAY_ENV = {"RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S": "20"}
 
 
-log = logging.getLogger(__name__)
 
 
 def fit_concurrency(plan: SweepPlan, cluster_cpus: float, cluster_gpus: float, *, strict: bool) -> tuple[int, str | None]:
@@ -61,7 +60,7 @@ class TuneOptions:
     data: str | None = None  # Dataset URI (default: the embedded procedural dataset).
     resume: str = "auto"  # auto: resume if the experiment exists; always: it must; never: it must not.
     shuffle_buffer: int = 2048
-    verbose: int = 1  # Tune's console output (0 = silent, 1 = status tables).
+    verbose: int = 1  # 0: the summary only; 1: a line per trial event; 2: Tune's status tables and Ray's logs.
     fail_at_kimg: float | None = None  # Testing: in each trial's Train run one worker crashes once here.
 
 
@@ -217,9 +216,10 @@ def run_sweep(opts: TuneOptions) -> dict:
     from ray import tune
 
     from .export import best_preset_text, best_row, to_csv, to_markdown, trial_rows
+    from .console import SweepConsole, ray_output
     from .trainable import run_trial
 
-    start_ray("tune", verbose=opts.verbose >= 1,
+    start_ray("tune", verbose=opts.verbose >= 2,
               runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}})
     total = ray.cluster_resources()
     concurrency, warning = fit_concurrency(plan, total.get("CPU", 0.0), total.get("GPU", 0.0),
@@ -228,7 +228,7 @@ def run_sweep(opts: TuneOptions) -> dict:
                                  other_node_ips())
     for w in (warning, shared):
         if w:
-            log.warning(w)
+            print(f"alae-ray tune: warning: {w}", file=sys.stderr, flush=True)
     s = plan.sweep
     ctx = {"plan": plan, "data": data, "trials_storage": f"{'s3://' if fs is not None else ''}{store.path}/trials",
            "shuffle_buffer": opts.shuffle_buffer, "fail_at_kimg": opts.fail_at_kimg}
@@ -237,6 +237,7 @@ def run_sweep(opts: TuneOptions) -> dict:
 
         ctx["slots"] = Slots.remote(concurrency)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"CPU": s.trial.driver_cpus})
+    console = [SweepConsole([p.key for p in s.space], s.trial.kimg)] if opts.verbose == 1 else None
     exp = store.path
     resumed = tune.Tuner.can_restore(exp, storage_filesystem=fs) if opts.resume != "never" else False
     if resumed:
@@ -252,8 +253,9 @@ def run_sweep(opts: TuneOptions) -> dict:
                                         max_concurrent_trials=max_concurrent),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=fs,
                                       failure_config=tune.FailureConfig(max_failures=s.trial.retries),
-                                      verbose=opts.verbose))
-    grid = tuner.fit()
+                                      callbacks=console, verbose=2 if opts.verbose >= 2 else 0))
+    with ray_output(opts.verbose >= 2):
+        grid = tuner.fit()
     rows = trial_rows(grid, plan)
     files = {"results_csv": store.write("results.csv", to_csv(rows)),
              "results_md": store.write("results.md", to_markdown(rows, f"Sweep {s.name} ({s.objective.kind}, lower is better)"))}
