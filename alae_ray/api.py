@@ -295,6 +295,16 @@ class Model:
         ws[:, layers.start:layers.stop] += shift[:, None]
         return self.decode(ws, noise=noise, noise_seed=noise_seed)
 
+    def judge_shapes(self, n: int = 256, seed: int = 0):
+        """How well this model's reconstructions keep the factors of ``n`` held-out procedural shapes
+        (position, hue, scale, rotation, shape class), beside the blind guess: a
+        ``alae_ray.judges.shapes.ShapesJudgement`` (``.table()``, ``.summary()``, ``.to_dict()``)."""
+        from .judges.shapes import judge, network_reconstructor
+
+        if self.mlp:
+            raise ValueError(f"{self.name}: the shapes judge needs a StyleALAE on RGB images, not an MLP ALAE")
+        return judge(network_reconstructor(self.network, self.level), self.resolution, n=n, seed=seed)
+
     def refine(self, images, *, steps: int = 100, lr: float = 0.01, per_layer: bool = False, lpips=None,
                lpips_weight: float = 1.0, noise_seed: int = 0, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
         """A sharper reconstruction: start from w = E(x) and optimise it for ``steps`` Adam steps

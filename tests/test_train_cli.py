@@ -38,6 +38,11 @@ def test_embedded_default_trains_end_to_end(tmp_path):
     assert (tmp_path / "cache" / "datasets").is_dir()  # the generated dataset, reused by later runs
     rows = [json.loads(l) for l in (art / "metrics.jsonl").read_text().splitlines()]
     assert {r["level"] for r in rows} == {0, 1}
+    # the shapes judge on the final model, at the level it reached (8x8), with the blind guess beside
+    judge = summary["judge"]
+    assert judge["resolution"] == 8 and judge["items"] == 256
+    assert judge["position"]["blind"] > 1.0 and judge["hue"]["blind"] == 90.0
+    assert judge["summary"].startswith("256 held-out shapes at 8px: position ")
 
 
 def test_bad_arguments_fail_cleanly(tmp_path):

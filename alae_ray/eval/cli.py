@@ -11,12 +11,12 @@ import json
 import os
 import time
 
-METRIC_NAMES = ("fid", "fid_rec", "ppl_z", "ppl_w", "lpips_rec", "mnist_protocol")
+METRIC_NAMES = ("fid", "fid_rec", "ppl_z", "ppl_w", "lpips_rec", "mnist_protocol", "shapes")
 DEFAULT_CACHE = os.path.join("~", ".cache", "alae-ray", "fid-stats")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="evaluate a checkpoint: FID, PPL, LPIPS, the MNIST protocol")
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint: FID, PPL, LPIPS, the MNIST protocol, the shapes judge")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (path or file:// URI)")
     p.add_argument("--metric", action="append", required=True, metavar="NAME",
                    help=f"metric, repeatable or comma-separated: {', '.join(METRIC_NAMES)}")
@@ -92,6 +92,15 @@ def _mnist_rows(args, im) -> list[dict]:
              "trials": r.trials} for r in rows]
 
 
+def _shapes_rows(args, im) -> list[dict]:
+    """The shapes judge: per factor, the reconstructions' mean error (shape: % right) with the inputs'
+    own and the blind guess's beside it; --num-samples held-out items (at most 4096: seconds on a CPU)."""
+    judgement = im.api.judge_shapes(n=min(args.num_samples, 4096), seed=args.seed)
+    return [{"metric": f"shapes/{s.factor}", "value": s.reconstructions,
+             "details": {"unit": s.unit.strip(), "inputs": round(s.inputs, 4), "blind": round(s.blind, 4),
+                         "items": judgement.items}} for s in judgement.scores]
+
+
 def cmd_eval(args) -> int:
     import torch
 
@@ -140,6 +149,8 @@ def cmd_eval(args) -> int:
             t0 = time.perf_counter()
             if name == "mnist_protocol":
                 new = _mnist_rows(args, im)
+            elif name == "shapes":
+                new = _shapes_rows(args, im)
             else:
                 new = [{"metric": r.metric, "value": r.value, "details": r.details} for r in METRICS[name](runner, opts)]
             for r in new:

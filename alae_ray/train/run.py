@@ -260,7 +260,30 @@ def run(opts: TrainOptions) -> dict:
     summary = {"name": info["name"], "data": info["data"], "artifacts": info["artifacts"],
                "checkpoint": ckpt.path if ckpt is not None else None,
                "kimg": (result.metrics or {}).get("kimg"), "metrics": result.metrics}
+    if ckpt is not None and p.manifest.source.get("kind") == "shapes":
+        judgement = judge_final(ckpt, p.cfg)
+        summary["judge"] = judgement.to_dict() if judgement is not None else None
     return summary
+
+
+JUDGE_MAX_RESOLUTION = 128  # beyond this the driver's CPU would take minutes: alae-ray eval --metric shapes
+
+
+def judge_final(checkpoint, cfg: Config):
+    """The shapes judge on a run's final EMA model, at the level and fade it reached (None for a model it
+    does not fit or a resolution too large to judge on the driver's CPU in seconds)."""
+    from ..core.checkpoint import load_model
+    from ..judges.shapes import judge, network_reconstructor
+
+    m = cfg.model
+    if m.kind != "style" or m.channels != 3:
+        return None
+    with checkpoint.as_directory() as d:
+        network, cfg, progress = load_model(d, device="cpu")
+    stage = stage_at(cfg, progress["images_seen"] / 1000.0)
+    if stage.resolution > JUDGE_MAX_RESOLUTION:
+        return None
+    return judge(network_reconstructor(network, stage.level, stage.alpha), stage.resolution)
 
 
 def format_summary(summary: dict) -> str:
@@ -268,6 +291,7 @@ def format_summary(summary: dict) -> str:
     losses = ", ".join(f"{k} {m[k]:.4f}" for k in ("loss_d", "loss_g", "loss_lae") if k in m)
     return "\n".join([
         f"trained {summary['name']}: {summary['kimg']:.2f} kimg at {m.get('resolution', '?')}px ({losses})",
+        *([f"  reconstructions of {summary['judge']['summary']}"] if summary.get("judge") else []),
         f"  checkpoint: {summary['checkpoint']}",
         f"  samples, metrics, TensorBoard: {summary['artifacts']}",
         f"  data: {summary['data']}",
