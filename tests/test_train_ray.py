@@ -189,7 +189,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, shapes_lo
     before = {p.name: p.read_bytes() for p in Path(good["checkpoint"]).iterdir()}
     rows_before = len(metrics(tmp_path / "artifacts"))
     with pytest.raises(NonFiniteLossError, match="loss_d in the discriminator phase at iteration 6"):
-        run(options(tmp_path, data=shapes_local, max_kimg=0.2, max_failures=2,
+        # the same run continued with a change that poisons it (so the change is allowed explicitly)
+        run(options(tmp_path, data=shapes_local, max_kimg=0.2, max_failures=2, allow_changes=True,
                     overrides=FAST + ["train.r1_gamma=.inf"]))
     message = (tmp_path / "artifacts" / "FAILED.txt").read_text()
     assert "non-finite" in message and "discriminator phase at iteration 6" in message
