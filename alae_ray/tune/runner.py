@@ -199,12 +199,16 @@ def prepare_sweep(opts: TuneOptions) -> tuple[SweepPlan, str, _Store, str, objec
         if data and data != meta["data"]:
             raise ConfigError(f"experiment {opts.storage}/{name} was started with --data {meta['data']}, not {data}")
         data = meta["data"]
+        # the trials' Train runs resume with the shuffle window they began with (it is part of each
+        # run's definition); an experiment from before it was recorded used the default
+        opts.shuffle_buffer = int(meta.get("shuffle_buffer", TuneOptions.shuffle_buffer))
     if not data:
         cfg = plan.config({})
         data = embedded_dataset(cfg.model.max_resolution if cfg.model.kind == "style" else 32, seed=cfg.train.seed)
     _check_data(plan, data)
     if meta is None:
-        store.write("sweep.json", json.dumps({"sweep": _normalised(plan.sweep.to_dict()), "data": data}, indent=2))
+        store.write("sweep.json", json.dumps({"sweep": _normalised(plan.sweep.to_dict()), "data": data,
+                                              "shuffle_buffer": opts.shuffle_buffer}, indent=2))
     return plan, name, store, storage_path, fs, data
 
 
