@@ -50,6 +50,27 @@ def make_checkpoint(directory: Path, preset: str = "tiny", kimg: float = 0.3) ->
     return str(write_checkpoint(directory / preset, cfg, phases.tensors(), phases.progress()))
 
 
+def percentile(seconds: list[float], q: float) -> float:
+    """The ``q`` quantile of latencies in seconds, in milliseconds (NaN for none)."""
+    v = sorted(seconds)
+    return v[min(len(v) - 1, int(q * len(v)))] * 1000 if v else float("nan")
+
+
+def start_serve(temp_prefix: str, **http_options) -> str:
+    """A local Ray (4 logical CPUs, its own temp folder) and Serve's proxy on a free loopback port;
+    returns the proxy's base URL."""
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix=temp_prefix, dir="/tmp"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port, **http_options})
+    return f"http://127.0.0.1:{port}"
+
+
 def mean_batch(before: dict, after: dict) -> float:
     """Mean requests per model batch between two /api/stats histograms."""
     diff = {int(k): n - before.get(k, 0) for k, n in after.items()}
@@ -102,11 +123,10 @@ async def drive(url: str, images: list[bytes], clients: int, total: int, deadlin
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         wall = time.perf_counter() - start
-    lat = sorted(latencies)
-    pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000) if lat else (lambda q: float("nan"))
+    lat = latencies
     return {"requests": total, "ok": len(lat), "errors": len(errors), "error_kinds": sorted(set(errors)),
-            "wall_s": wall, "throughput_rps": len(lat) / wall, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "mean_ms": statistics.fmean(lat) * 1000 if lat else float("nan")}
+            "wall_s": wall, "throughput_rps": len(lat) / wall, "p50_ms": percentile(lat, 0.50),
+            "p99_ms": percentile(lat, 0.99), "mean_ms": statistics.fmean(lat) * 1000 if lat else float("nan")}
 
 
 def engine_only(checkpoint: str, device: str, batch_size: int, threads: int, seconds: float = 3.0) -> dict:
@@ -164,13 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from alae_ray.serve.app import ServeArgs, build_app
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             _temp_dir=tempfile.mkdtemp(prefix="ray-bs-", dir="/tmp"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    base = f"http://127.0.0.1:{port}"
+    base = start_serve("ray-bs-")
     images = payloads()
     configs = [("unbatched", 1), ("batched", args.batch_size)]
     results = {}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
 import tempfile
 import time
@@ -30,12 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from bench_serve import make_checkpoint, payloads
-
-
-def percentile(values: list[float], q: float) -> float:
-    v = sorted(values)
-    return v[min(len(v) - 1, int(q * len(v)))] * 1000 if v else float("nan")
+from bench_serve import make_checkpoint, payloads, percentile, start_serve
 
 
 async def closed_loop(client: httpx.AsyncClient, send, stop_at: float, log: list, backoff_s: float = 0.0) -> None:
@@ -127,13 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             _temp_dir=tempfile.mkdtemp(prefix="ray-bl-", dir="/tmp"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": args.timeout_s})
-    base = f"http://127.0.0.1:{port}"
+    base = start_serve("ray-bl-", request_timeout_s=args.timeout_s)
     from alae_ray.serve.app import ServeArgs
 
     first = "bounded" if "max_concurrent_refines" in ServeArgs.model_fields else "before"  # the code before the bound
