@@ -176,7 +176,6 @@ class ShapesJudgement:
 def _errors(m: Measured, truth: dict[str, np.ndarray], r: int, classifier: ShapeClassifier) -> dict[str, np.ndarray]:
     """Per item: position (px), hue (degrees), scale (px of half-size), rotation (degrees), class right."""
     k = SYMMETRY[truth["shape"]]
-    mid = 0.5 * (RANGES["scale"][0] + RANGES["scale"][1])
     pos = np.hypot(m.x - truth["pos_x"], m.y - truth["pos_y"]) * r
     hue = _circular(m.hue, truth["hue"], 1.0) * 360.0
     scale = np.abs(np.sqrt(m.area / UNIT_AREA[truth["shape"]]) - truth["scale"]) * r
@@ -186,7 +185,7 @@ def _errors(m: Measured, truth: dict[str, np.ndarray], r: int, classifier: Shape
     blind = _blind(truth, r)
     lost = ~m.found  # no shape to read: the blind guess
     return {"position": np.where(lost, blind["position"], pos), "hue": np.where(lost, blind["hue"], hue),
-            "scale": np.where(lost, np.abs(mid - truth["scale"]) * r, scale),
+            "scale": np.where(lost, blind["scale"], scale),
             "rotation": np.where(lost, blind["rotation"], rot), "shape": np.where(lost, blind["shape"], right)}
 
 
@@ -214,12 +213,18 @@ def judge(reconstruct: Reconstruct, resolution: int, n: int = 256, seed: int = 0
     if recon.shape != images.shape:
         raise ValueError(f"reconstructions have shape {recon.shape}, the inputs {images.shape}")
     classifier = classifier or ShapeClassifier.fit(resolution, seed=seed)
-    got = _errors(measure(recon), truth, resolution, classifier)
+    measured = measure(recon)
+    got = _errors(measured, truth, resolution, classifier)
     floor = _errors(measure(images), truth, resolution, classifier)
     blind = _blind(truth, resolution)
     scores = [FactorScore(f, UNITS[f], float(got[f].mean()), float(floor[f].mean()), float(blind[f].mean()),
                           higher_is_better=f == "shape") for f in ("position", "hue", "scale", "rotation", "shape")]
-    return ShapesJudgement(resolution, n, scores, float(measure(recon).found.mean()))
+    return ShapesJudgement(resolution, n, scores, float(measured.found.mean()))
+
+
+def fits(model) -> bool:
+    """Whether a model (its ``ModelConfig``) makes what the judge reads: a StyleALAE on RGB images."""
+    return model.kind == "style" and model.channels == 3
 
 
 def network_reconstructor(network, level: int, alpha: float = 1.0, chunk: int = 32) -> Reconstruct:
@@ -230,7 +235,7 @@ def network_reconstructor(network, level: int, alpha: float = 1.0, chunk: int = 
     from ..core.pixels import from_uint8, to_uint8
 
     m = network.cfg
-    if m.kind != "style" or m.channels != 3:
+    if not fits(m):
         raise ValueError(f"the shapes judge needs a StyleALAE on RGB images; this model is a {m.kind} ALAE on "
                          f"{m.channels}-channel images")
     noise = network.noise_images(level, 1, torch.Generator().manual_seed(0))

@@ -108,10 +108,7 @@ def _read_record(run: Location) -> dict | None:
     return record
 
 
-def check_definition(run_uri: str, definition: RunDefinition, allow_changes: bool = False) -> list[str]:
-    """The differences between the run's recorded definition and ``definition`` ([] for a new run or
-    the same one); RunConflict naming the first unless ``allow_changes``."""
-    record = _read_record(resolve(run_uri))
+def _differences(run_uri: str, record: dict | None, definition: RunDefinition, allow_changes: bool) -> list[str]:
     if record is None:
         return []
     before = {k: record["definition"].get(k, "<unset>") for k in definition.compared()}
@@ -124,12 +121,18 @@ def check_definition(run_uri: str, definition: RunDefinition, allow_changes: boo
     return diff
 
 
+def check_definition(run_uri: str, definition: RunDefinition, allow_changes: bool = False) -> list[str]:
+    """The differences between the run's recorded definition and ``definition`` ([] for a new run or
+    the same one); RunConflict naming the first unless ``allow_changes``."""
+    return _differences(run_uri, _read_record(resolve(run_uri)), definition, allow_changes)
+
+
 def record_definition(run_uri: str, definition: RunDefinition, allow_changes: bool = False) -> list[str]:
     """Check, then write ``run.json`` (atomically): created for a new run, a change appended when
     continued with changes; returns the differences."""
     run = resolve(run_uri)
-    diff = check_definition(run_uri, definition, allow_changes)
     record = _read_record(run)
+    diff = _differences(run_uri, record, definition, allow_changes)
     now = _now()
     if record is None:
         record = {"created": now, "definition": definition.to_dict(), "changes": []}

@@ -273,10 +273,9 @@ def judge_final(checkpoint, cfg: Config):
     """The shapes judge on a run's final EMA model, at the level and fade it reached (None for a model it
     does not fit or a resolution too large to judge on the driver's CPU in seconds)."""
     from ..core.checkpoint import load_model
-    from ..judges.shapes import judge, network_reconstructor
+    from ..judges.shapes import fits, judge, network_reconstructor
 
-    m = cfg.model
-    if m.kind != "style" or m.channels != 3:
+    if not fits(cfg.model):
         return None
     with checkpoint.as_directory() as d:
         network, cfg, progress = load_model(d, device="cpu")
