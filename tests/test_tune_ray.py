@@ -397,6 +397,15 @@ def test_pbt_exploit_copies_the_donors_state_exactly(pbt_sweep):
             assert s["state_sha256"] == state_digest(tensors)  # networks, EMA, Adam moments: bit for bit
 
 
+def test_every_member_ends_with_its_own_segment(pbt_sweep):
+    """A member's last report ends it and is no perturbation point: no member's result is replaced
+    by a copy of another's, and each row's objective is the one its checkpoint's last segment made."""
+    for row in pbt_sweep["trials"]:
+        last = json.loads((Path(row["checkpoint"]) / "schedule.json").read_text())[-1]
+        assert last["trial_id"] == row["trial_id"] and last["to_kimg"] == pytest.approx(row["kimg"])
+        assert last["objective"] == pytest.approx(row["objective"])
+
+
 def test_pbt_values_stay_in_the_declared_space(pbt_sweep):
     seen = []
     for ckpt in _member_checkpoints(pbt_sweep).values():

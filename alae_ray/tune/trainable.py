@@ -238,7 +238,8 @@ def run_member(config: dict, ctx: dict) -> None:
     trial_id = tune.get_context().get_trial_id()
     init, kimg, history = _start_state(plan, tune.get_checkpoint())
     values = {p.key: config[p.key] for p in plan.sweep.space}
-    for segment, point in enumerate(plan.perturbation_points(), 1):
+    points = plan.perturbation_points()
+    for segment, point in enumerate(points, 1):
         if point <= kimg + 1e-9:
             continue
         # One Train run per segment, named by where it starts and with what: a re-run of the same
@@ -269,7 +270,8 @@ def run_member(config: dict, ctx: dict) -> None:
             (folder / SCHEDULE_FILE).write_text(json.dumps(history, indent=1))
             # Tune copies the checkpoint into the trial's storage before report returns.
             tune.report({**{k: v for k, v in m.items() if isinstance(v, (int, float, str, bool))},
-                         "trial_kimg": round(kimg - plan.start_kimg, 6), "segment": segment, "train_run": name,
+                         "trial_kimg": round(kimg - plan.start_kimg, 6), "segment": segment,
+                         "final_segment": segment == len(points), "train_run": name,
                          "slot_wait_s": round(waited_s, 3)},
                         checkpoint=tune.Checkpoint.from_directory(str(folder)))
         finally:
