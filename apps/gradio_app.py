@@ -32,6 +32,7 @@ SUBJECTS = (
     ("celeba", "faces", "a photo of one face, centred and upright, like CelebA's aligned portraits"),
     ("bedroom", "bedrooms", "a photo of a bedroom, like LSUN Bedroom's"),
     ("mnist", "digits", "a handwritten digit, light on a dark background, like MNIST's"),
+    ("shapes", "shapes", "a coloured shape on a plain background, like the procedural training data"),
     ("tiny", "shapes", "a coloured shape on a plain background, like the procedural training data"),
 )
 

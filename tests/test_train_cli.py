@@ -1,7 +1,7 @@
 """The README's main job: `alae-ray train` with no data or cluster arguments, end to end.
 
 It generates the procedural dataset into the (here: temporary) cache, starts its own local Ray,
-trains the tiny preset, and prints where the checkpoint and samples are.
+trains the shapes preset (the main job), and prints where the checkpoint and samples are.
 """
 
 import json
@@ -23,14 +23,14 @@ def alae_ray(*args, cwd, env):
 def test_embedded_default_trains_end_to_end(tmp_path):
     env = {**os.environ, "ALAE_RAY_CACHE": str(tmp_path / "cache"), "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
-    # The default command, bounded to 2.2 kimg (into level 1; the full tiny schedule is 9 kimg).
+    # The default command, bounded to 2.2 kimg (into level 1 of the shapes schedule, 28 kimg in all).
     out = alae_ray("train", "--max-kimg", "2.2", "--json", cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout[out.stdout.index("{"):])
     assert summary["kimg"] == pytest.approx(2.2, abs=0.032)
     ckpt = Path(summary["checkpoint"])
     assert (ckpt / "state.safetensors").is_file() and (ckpt / "config.json").is_file()
-    assert ckpt.is_relative_to(tmp_path / "runs" / "tiny")  # default storage: ./runs/<preset>
+    assert ckpt.is_relative_to(tmp_path / "runs" / "shapes")  # default storage: ./runs/<preset>
     art = Path(summary["artifacts"])
     assert any(p.name.startswith("generations_") for p in art.iterdir())
     assert any(p.name.startswith("reconstructions_") for p in art.iterdir())

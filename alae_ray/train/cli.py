@@ -6,12 +6,12 @@ import sys
 
 
 def cmd_train(args) -> int:
-    from .run import TrainOptions, dump_summary, format_summary, run
+    from .run import MAIN_PRESET, TrainOptions, dump_summary, format_summary, run
 
     from .checkpoints import locate_checkpoint
 
     init = args.init and locate_checkpoint(args.init, "alae-ray train: --init")
-    opts = TrainOptions(preset=args.preset or (None if args.init else "tiny"), overrides=args.set or [], data=args.data, storage=args.storage,
+    opts = TrainOptions(preset=args.preset or (None if args.init else MAIN_PRESET), overrides=args.set or [], data=args.data, storage=args.storage,
                         name=args.name, workers=args.workers, gpu=args.gpu, max_kimg=args.max_kimg,
                         tick_kimg=args.tick_kimg, checkpoint_kimg=args.checkpoint_kimg, keep=args.keep,
                         max_failures=args.max_failures, flip=not args.no_flip,
@@ -36,7 +36,7 @@ def register(sub) -> None:
                        description="Train ALAE with Ray Train. With no --data, generates the embedded procedural "
                                    "dataset and trains the preset on a local Ray. Re-running the same command "
                                    "resumes from the latest checkpoint.")
-    p.add_argument("--preset", default=None, help="preset name or YAML path (default: tiny, or with --init the "
+    p.add_argument("--preset", default=None, help="preset name or YAML path (default: shapes, the main job; with --init the "
                                                     "config of that checkpoint)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted config override, repeatable")
     p.add_argument("--data", default=None, help="dataset URI from `alae-ray prepare` (local path or s3://...)")

@@ -31,11 +31,12 @@ DEFAULT_CACHE = Path(os.environ.get("ALAE_RAY_CACHE", Path.home() / ".cache" / "
 # Images in the embedded procedural dataset (~3 s to generate, ~9 MB). Every epoch restarts Ray
 # Data's streaming split (1-6 s on a small machine), so epochs must not be short at 4x4.
 EMBEDDED_COUNT = 20_000
+MAIN_PRESET = "shapes"  # the preset of `alae-ray train` with no arguments (the README's main job)
 
 
 @dataclass
 class TrainOptions:
-    preset: str | None = "tiny"  # Preset name or YAML path; None with init_checkpoint: that checkpoint's config.
+    preset: str | None = MAIN_PRESET  # Preset name or YAML path; None with init_checkpoint: that checkpoint's config.
     overrides: list[str] = field(default_factory=list)  # Dotted key=value overrides.
     data: str | None = None  # Dataset URI (local or s3://); None = the embedded procedural dataset.
     storage: str = "runs"  # Where checkpoints and artifacts go (local path or s3://bucket/prefix).
