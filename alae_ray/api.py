@@ -305,6 +305,16 @@ class Model:
             raise ValueError(f"{self.name}: the shapes judge needs a StyleALAE on RGB images, not an MLP ALAE")
         return judge(network_reconstructor(self.network, self.level), self.resolution, n=n, seed=seed)
 
+    def judge_digits(self, mnist: str | os.PathLike, n: int = 2000, seed: int = 0, cache: str | None = None):
+        """How well this model's reconstructions and generations are digits, by a small classifier
+        trained on the real MNIST digits in ``mnist`` (a folder of IDX files; trained once, then
+        cached): a ``alae_ray.judges.digits.DigitsJudgement`` (``.table()``, ``.summary()``)."""
+        from .judges.digits import Digits, DigitsClassifier, judge, network_judged
+
+        reconstruct, generate = network_judged(self.network, self.level, seed=seed)
+        digits = Digits.load(mnist)
+        return judge(reconstruct, generate, digits, DigitsClassifier.fit(digits, cache), n=n)
+
     def refine(self, images, *, steps: int = 100, lr: float = 0.01, per_layer: bool = False, lpips=None,
                lpips_weight: float = 1.0, noise_seed: int = 0, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
         """A sharper reconstruction: start from w = E(x) and optimise it for ``steps`` Adam steps

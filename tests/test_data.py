@@ -348,3 +348,24 @@ def test_first_rows_read_only_the_shards_they_are_in(tmp_path, monkeypatch):
     read.clear()
     rows = m.shards_for(8, "train")[0].rows
     assert len(reader.read_first_rows(m, 8, "train", rows + 1)["image"]) == rows + 1 and len(read) == 2
+
+
+def test_mnist_at_32_is_zero_padded_with_levels_and_holds_out_the_judged_digits(shared_data, tmp_path, capsys):
+    """`prepare --resolution 32` of t10k alone: the authors' StyleALAE MNIST layout (28x28 padded by 2,
+    levels 4..32), and t10k[8000:] held out: the digits the digits judge scores."""
+    uri = str(tmp_path / "mnist32")
+    assert main(["prepare", str(shared_data / "mnist-t10k"), uri, "--resolution", "32", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["data", "info", uri, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["resolutions"] == [4, 8, 16, 32] and info["channels"] == 1
+    assert info["counts"]["32"] == {"train": 8000, "test": 2000}
+    images, labels = load_mnist(shared_data / "mnist-t10k", "t10k")
+    test = read_level_numpy(uri, 32, "test")
+    assert sorted(test["id"]) == list(range(8000, 10000))
+    assert np.array_equal(test["image"][:, 0, 2:-2, 2:-2], images[test["id"]]) and test["image"][:, :, :2].max() == 0
+    assert np.array_equal(test["label"], labels[test["id"]])
+    assert read_level_numpy(uri, 4, "train")["image"].shape[1:] == (1, 4, 4)
+    assert main(["prepare", str(shared_data / "mnist-t10k"), str(tmp_path / "m64"), "--resolution", "64", "--quiet"]) != 0
+    assert "native 28x28 or zero-padded to 32x32 (--resolution 32, for a StyleALAE), not 64" in capsys.readouterr().err
+    assert not (tmp_path / "m64").exists()

@@ -11,12 +11,12 @@ import json
 import os
 import time
 
-METRIC_NAMES = ("fid", "fid_rec", "ppl_z", "ppl_w", "lpips_rec", "mnist_protocol", "shapes")
+METRIC_NAMES = ("fid", "fid_rec", "ppl_z", "ppl_w", "lpips_rec", "mnist_protocol", "shapes", "digits")
 DEFAULT_CACHE = os.path.join("~", ".cache", "alae-ray", "fid-stats")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="evaluate a checkpoint: FID, PPL, LPIPS, the MNIST protocol, the shapes judge")
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint: FID, PPL, LPIPS, the MNIST protocol, the shapes and digits judges")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (path or file:// URI)")
     p.add_argument("--metric", action="append", required=True, metavar="NAME",
                    help=f"metric, repeatable or comma-separated: {', '.join(METRIC_NAMES)}")
@@ -101,6 +101,24 @@ def _shapes_rows(args, im) -> list[dict]:
                          "items": judgement.items}} for s in judgement.scores]
 
 
+def _digits_rows(args, im) -> list[dict]:
+    """The digits judge on --data's MNIST IDX files: each measure with real digits' and the blind guess's."""
+    from .real_images import _mnist_folder
+
+    folder = _mnist_folder(args.data or "")
+    if folder is None:
+        raise ValueError("digits needs --data pointing at a folder of MNIST IDX files (t10k at least)")
+    j = im.api.judge_digits(folder, n=min(args.num_samples, 2000), seed=args.seed)
+    common = {"items": j.items, "classifier": j.source}
+    return [{"metric": "digits/reconstruction_accuracy", "value": j.reconstruction,
+             "details": {"unit": "%", "real": round(j.classifier_accuracy, 3), "blind": round(j.reconstruction_blind, 3), **common}},
+            {"metric": "digits/generation_balance", "value": j.balance,
+             "details": {"unit": "points off 10%", "real": round(j.balance_real, 3), "shares": j.class_shares, **common}},
+            {"metric": "digits/frechet", "value": j.frechet,
+             "details": {"space": "judge classifier features (not Inception FID)", "real": round(j.frechet_real, 4),
+                         "blind": round(j.frechet_blind, 4), **common}}]
+
+
 def cmd_eval(args) -> int:
     import torch
 
@@ -151,6 +169,8 @@ def cmd_eval(args) -> int:
                 new = _mnist_rows(args, im)
             elif name == "shapes":
                 new = _shapes_rows(args, im)
+            elif name == "digits":
+                new = _digits_rows(args, im)
             else:
                 new = [{"metric": r.metric, "value": r.value, "details": r.details} for r in METRICS[name](runner, opts)]
             for r in new:

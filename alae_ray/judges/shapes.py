@@ -227,27 +227,12 @@ def fits(model) -> bool:
     return model.kind == "style" and model.channels == 3
 
 
-def network_reconstructor(network, level: int, alpha: float = 1.0, chunk: int = 32) -> Reconstruct:
-    """``Reconstruct`` of a core ``ALAE`` (a StyleALAE on RGB) at one level, G's noise fixed (seed 0) as
-    in the training grids, so that a model is judged the same way every time."""
-    import torch
-
-    from ..core.pixels import from_uint8, to_uint8
+def network_reconstructor(network, level: int, alpha: float = 1.0) -> Reconstruct:
+    """``Reconstruct`` of a core ``ALAE`` (a StyleALAE on RGB) at one level (``judges.models``)."""
+    from .models import reconstructor
 
     m = network.cfg
     if not fits(m):
         raise ValueError(f"the shapes judge needs a StyleALAE on RGB images; this model is a {m.kind} ALAE on "
                          f"{m.channels}-channel images")
-    noise = network.noise_images(level, 1, torch.Generator().manual_seed(0))
-    device = network.w_avg.device
-
-    @torch.no_grad()
-    def reconstruct(images: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(0, len(images), chunk):
-            x = from_uint8(torch.from_numpy(np.ascontiguousarray(images[i:i + chunk])), m).to(device)
-            out.append(to_uint8(network.reconstruct(x, level, alpha, noise=True, noise_images=noise), m).cpu().numpy())
-        return np.concatenate(out)
-
-    return reconstruct
-
+    return reconstructor(network, level, alpha)

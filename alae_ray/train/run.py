@@ -261,29 +261,41 @@ def run(opts: TrainOptions) -> dict:
     summary = {"name": info["name"], "data": info["data"], "artifacts": info["artifacts"],
                "checkpoint": ckpt.path if ckpt is not None else None,
                "kimg": (result.metrics or {}).get("kimg"), "metrics": result.metrics}
-    if ckpt is not None and p.manifest.source.get("kind") == "shapes":
-        judgement = judge_final(ckpt, p.cfg)
-        summary["judge"] = judgement.to_dict() if judgement is not None else None
+    judgement = None
+    try:  # the run is done and saved whatever its judge says
+        judgement = judge_final(ckpt, p.cfg, p.manifest.source) if ckpt is not None else None
+    except (ValueError, OSError) as exc:
+        print(f"alae-ray train: warning: the final judge of {ckpt.path} failed: {exc}", file=sys.stderr, flush=True)
+    summary["judge"] = judgement.to_dict() if judgement is not None else None
     return summary
 
 
 JUDGE_MAX_RESOLUTION = 128  # beyond this the driver's CPU would take minutes: alae-ray eval --metric shapes
 
 
-def judge_final(checkpoint, cfg: Config):
-    """The shapes judge on a run's final EMA model, at the level and fade it reached (None for a model it
-    does not fit or a resolution too large to judge on the driver's CPU in seconds)."""
+def judge_final(checkpoint, cfg: Config, source: dict):
+    """The judge of a run's data on its final EMA model, at the level and fade it reached: the shapes
+    judge on the procedural shapes, the digits judge on MNIST prepared from IDX files still where they
+    were (None for anything else, a model the judge does not fit, or a resolution too large to judge on
+    the driver's CPU in seconds)."""
     from ..core.checkpoint import load_model
-    from ..judges.shapes import fits, judge, network_reconstructor
+    from ..judges import digits, shapes
 
-    if not fits(cfg.model):
+    kind, folder = source.get("kind"), source.get("path")
+    mnist = kind == "mnist-idx" and folder and Path(folder).is_dir() and digits.fits(cfg.model)
+    if not (kind == "shapes" and shapes.fits(cfg.model)) and not mnist:
         return None
     with checkpoint.as_directory() as d:
         network, cfg, progress = load_model(d, device="cpu")
     stage = stage_at(cfg, progress["images_seen"] / 1000.0)
+    if mnist:
+        if stage.resolution != digits.RESOLUTION and cfg.model.kind == "style":
+            return None
+        d = digits.Digits.load(folder)
+        return digits.judge(*digits.network_judged(network, stage.level), d, digits.DigitsClassifier.fit(d))
     if stage.resolution > JUDGE_MAX_RESOLUTION:
         return None
-    return judge(network_reconstructor(network, stage.level, stage.alpha), stage.resolution)
+    return shapes.judge(shapes.network_reconstructor(network, stage.level, stage.alpha), stage.resolution)
 
 
 def format_summary(summary: dict) -> str:
