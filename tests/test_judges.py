@@ -4,6 +4,7 @@ blind guess, and known distortions (a shift, a hue rotation, a turn, a resize) g
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from alae_ray.judges.shapes import ShapeClassifier, judge, measure
@@ -105,3 +106,31 @@ def test_a_model_the_judge_does_not_fit_is_refused_in_one_line(tmp_path, train_c
     mlp = alae_ray.load(train_checkpoint(tmp_path / "mlp", preset="mnist"), device="cpu")
     with pytest.raises(ValueError, match=r"the shapes judge needs a StyleALAE on RGB images, not an MLP ALAE"):
         mlp.judge_shapes()
+
+
+def test_the_ae_l2_baseline_trains_the_presets_own_networks_on_its_schedule(tmp_path, capsys):
+    """AE(ℓ2) with tiny's E and G through its first levels: the loss falls, its checkpoint loads as any
+    other and is judged; the same seed gives the same networks."""
+    import alae_ray
+    from alae_ray.core.config import load_config
+    from alae_ray.data import PrepareOptions, prepare
+    from alae_ray.data.sources import shapes_source
+    from alae_ray.eval.style_ae import main, train_ae
+
+    data = str(tmp_path / "shapes32")
+    prepare(shapes_source(256, 32, seed=0), data, PrepareOptions(progress=False, test_count=16))
+    fast = ["schedule.stable_kimg=0.5", "schedule.fade_kimg=0.5", "schedule.final_kimg=0"]
+    cfg = load_config("tiny", fast)
+    net, rows = train_ae(cfg, data, max_kimg=2.0)
+    levels = [r["level"] for r in rows]  # a row per 1,000 images: grown through the schedule's levels
+    assert levels == sorted(levels) and levels[-1] == 1 and rows[-1]["kimg"] >= 2.0
+    assert rows[0]["loss"] > 0 and np.isfinite([r["loss"] for r in rows]).all()
+    again, _ = train_ae(cfg, data, max_kimg=2.0)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+    out = tmp_path / "ae"
+    assert main(["--preset", "tiny", *sum((["--set", o] for o in fast), []), "--data", data, "--max-kimg", "1.0",
+                 "--out", str(out)]) == 0
+    model = alae_ray.load(out, device="cpu", level=1)  # where its training reached
+    assert model.resolution == 8 and model.judge_shapes(n=16).items == 16
+    assert main(["--preset", "tiny", "--data", data, "--out", str(out)]) == 2  # never over a finished one
+    assert "exists" in capsys.readouterr().err
