@@ -244,7 +244,7 @@ def cluster_data(two_node_cluster, s3_bucket_factory):
 
 
 def train_job(cluster, bucket: str, name: str) -> list[str]:
-    return [sys.executable, "-m", "alae_ray.cli", "train", "--data", f"{bucket}/shapes", "--workers", "2",
+    return [sys.executable, "-m", "alae_ray.cli", "train", "--preset", "tiny", "--data", f"{bucket}/shapes", "--workers", "2",
             "--cpus-per-worker", "2", "--max-kimg", str(KIMG), "--tick-kimg", str(TICK_KIMG),
             "--checkpoint-kimg", str(CHECKPOINT_KIMG), "--storage", f"{bucket}/runs", "--name", name]
 

@@ -98,7 +98,7 @@ def test_a_refused_rerun_exits_non_zero_with_one_line_before_ray_starts(tmp_path
     from alae_ray.cli import main
 
     started(options(tmp_path, shapes8))
-    code = main(["train", "--data", shapes8, "--storage", str(tmp_path / "runs"), "--name", "r",
+    code = main(["train", "--preset", "tiny", "--data", shapes8, "--storage", str(tmp_path / "runs"), "--name", "r",
                  *sum((["--set", o] for o in SMALL + ["train.seed=3"]), [])])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
