@@ -309,11 +309,9 @@ class Model:
         """How well this model's reconstructions and generations are digits, by a small classifier
         trained on the real MNIST digits in ``mnist`` (a folder of IDX files; trained once, then
         cached): a ``alae_ray.judges.digits.DigitsJudgement`` (``.table()``, ``.summary()``)."""
-        from .judges.digits import Digits, DigitsClassifier, judge, network_judged
+        from .judges.digits import judge_network
 
-        reconstruct, generate = network_judged(self.network, self.level, seed=seed)
-        digits = Digits.load(mnist)
-        return judge(reconstruct, generate, digits, DigitsClassifier.fit(digits, cache), n=n)
+        return judge_network(self.network, self.level, mnist, n=n, seed=seed, cache=cache)
 
     def refine(self, images, *, steps: int = 100, lr: float = 0.01, per_layer: bool = False, lpips=None,
                lpips_weight: float = 1.0, noise_seed: int = 0, progress=None) -> tuple[torch.Tensor, torch.Tensor]:

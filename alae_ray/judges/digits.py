@@ -120,51 +120,49 @@ class DigitsClassifier:
         self.source = source
 
     @torch.no_grad()
-    def _run(self, images: np.ndarray, chunk: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    def labels_and_features(self, images: np.ndarray, chunk: int = 500) -> tuple[np.ndarray, np.ndarray]:
         x = to_judged(images)
         feats = [self.net.body(_float(x[i:i + chunk])) for i in range(0, len(x), chunk)]
         f = torch.cat(feats) if feats else torch.zeros(0, 128)
         return self.net.head(f).argmax(1).numpy(), f.double().numpy()
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        return self._run(images)[0]
+        return self.labels_and_features(images)[0]
 
     def features(self, images: np.ndarray) -> np.ndarray:
-        return self._run(images)[1]
+        return self.labels_and_features(images)[1]
 
     @classmethod
     def fit(cls, digits: Digits, cache: str | Path | None = None, recipe: dict | None = None) -> "DigitsClassifier":
         """The classifier of ``digits``: from the cache, else trained (seeded, deterministic on one
         device) and cached (temporary name, then rename)."""
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file, save
+
+        from ..data.storage import resolve, write_bytes_atomic
 
         recipe = {**RECIPE, **(recipe or {})}
-        path = Path(cache or default_cache()) / f"digits-{digits.digest(recipe)}"
-        net = DigitNet()
-        weights, meta = path.with_suffix(".safetensors"), path.with_suffix(".json")
+        folder, name = Path(cache or default_cache()), f"digits-{digits.digest(recipe)}"
+        weights, meta = folder / f"{name}.safetensors", folder / f"{name}.json"
         if weights.exists() and meta.exists():
+            net = DigitNet()
             net.load_state_dict(load_file(str(weights)))
             info = json.loads(meta.read_text())
             return cls(net, info["accuracy"], info["source"])
-        _train(net, digits, recipe)
-        judge = cls(net, 0.0, digits.source)
+        judge = cls(_train(digits, recipe), 0.0, digits.source)
         judge.accuracy = float((judge.predict(digits.images) == digits.labels).mean() * 100.0)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for final, write in ((weights, lambda p: save_file(net.state_dict(), str(p))),
-                             (meta, lambda p: p.write_text(json.dumps({"accuracy": judge.accuracy, "source": digits.source,
-                                                                       "recipe": recipe}, indent=1)))):
-            tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-            write(tmp)
-            tmp.replace(final)
+        loc = resolve(str(folder))  # weights first: the JSON beside them says the pair is whole
+        write_bytes_atomic(loc, weights.name, save(judge.net.state_dict()))
+        write_bytes_atomic(loc, meta.name, json.dumps({"accuracy": judge.accuracy, "source": digits.source,
+                                                       "recipe": recipe}, indent=1).encode())
         return judge
 
 
-def _train(net: DigitNet, digits: Digits, recipe: dict) -> None:
+def _train(digits: Digits, recipe: dict) -> DigitNet:
     """Adam on cross-entropy, each batch shifted by up to ``shift_px`` (the digits' centring varies
     more in generations than in MNIST), one seed for the init, the order and the shifts."""
     g = torch.Generator().manual_seed(recipe["seed"])
     torch.manual_seed(recipe["seed"])
-    net.__init__()  # the init from the seed
+    net = DigitNet()
     x, y = _float(digits.fit_images), torch.from_numpy(digits.fit_labels.astype(np.int64))
     opt = torch.optim.Adam(net.parameters(), lr=recipe["lr"])
     s, steps = recipe["shift_px"], recipe["epochs"] * -(-len(x) // recipe["batch"])
@@ -181,7 +179,7 @@ def _train(net: DigitNet, digits: Digits, recipe: dict) -> None:
             loss.backward()
             opt.step()
             sched.step()
-    net.eval()
+    return net.eval()
 
 
 @dataclass
@@ -237,25 +235,24 @@ def judge(reconstruct: Reconstruct, generate: Generate, digits: Digits, classifi
     recon = to_judged(np.asarray(reconstruct(images)))
     if recon.shape != images.shape:
         raise ValueError(f"reconstructions have shape {recon.shape}, the inputs {images.shape}")
-    fake = to_judged(np.asarray(generate(n)))
-    fake_labels, fake_feats = classifier._run(fake)
-    real_feats = classifier.features(images)
-    blind = np.zeros_like(images[:1])  # a fixed image: black
-    blind_label = classifier.predict(blind)[0]
+    fake_labels, fake_feats = classifier.labels_and_features(to_judged(np.asarray(generate(n))))
+    real_labels, real_feats = classifier.labels_and_features(images)
+    blind_labels, blind_feats = classifier.labels_and_features(np.zeros_like(images[:1]))  # a fixed image: black
     shares, balance = _balance(fake_labels)
     half = n // 2
     return DigitsJudgement(
         items=n, source=classifier.source,
-        classifier_accuracy=float((classifier.predict(images) == labels).mean() * 100.0),
+        classifier_accuracy=float((real_labels == labels).mean() * 100.0),
         reconstruction=float((classifier.predict(recon) == labels).mean() * 100.0),
-        reconstruction_blind=float((labels == blind_label).mean() * 100.0),
+        reconstruction_blind=float((labels == blind_labels[0]).mean() * 100.0),
         class_shares=shares, balance=balance, balance_real=_balance(labels)[1],
         frechet=_frechet(fake_feats, real_feats), frechet_real=_frechet(real_feats[:half], real_feats[half:]),
-        frechet_blind=_frechet(np.repeat(classifier.features(blind), n, 0), real_feats))
+        frechet_blind=_frechet(np.repeat(blind_feats, n, 0), real_feats))
 
 
 def fits(model) -> bool:
-    """Whether a model (its ``ModelConfig``) makes what the judge reads: one-channel 28x28 or 32x32 digits."""
+    """Whether a model (its ``ModelConfig``) makes what the judge reads: the MLP ALAE of 28x28 digits or a
+    StyleALAE of one-channel 32x32 ones."""
     if model.kind == "mlp":
         return model.mlp_input == 28 * 28
     return model.channels == 1 and model.max_resolution == RESOLUTION
@@ -277,3 +274,12 @@ def network_judged(network, level: int, seed: int = 0) -> tuple[Reconstruct, Gen
     if m.kind == "mlp":
         return (lambda x: to_judged(rec(np.ascontiguousarray(x[:, :, 2:-2, 2:-2])))), (lambda n: to_judged(gen(n)))
     return rec, gen
+
+
+def judge_network(network, level: int, mnist: str | Path, n: int = 2000, seed: int = 0,
+                  cache: str | Path | None = None) -> DigitsJudgement:
+    """The judgement of a core ``ALAE`` at ``level`` on the MNIST IDX files in ``mnist`` (the classifier
+    from the cache, or trained and cached)."""
+    reconstruct, generate = network_judged(network, level, seed=seed)
+    digits = Digits.load(mnist)
+    return judge(reconstruct, generate, digits, DigitsClassifier.fit(digits, cache), n=n)

@@ -11,17 +11,17 @@ import torch
 from ..core.pixels import from_uint8, to_uint8
 
 
-def _shape(network, level: int) -> tuple[int, int]:
+def _setup(network, level: int):
+    """(config, device, G's fixed noise, channels, side) of a network at ``level``."""
     m = network.cfg
+    noise = None if m.kind == "mlp" else network.noise_images(level, 1, torch.Generator().manual_seed(0))
     side = int(round(m.mlp_input ** 0.5)) if m.kind == "mlp" else 4 * 2**level
-    return m.channels, side
+    return m, network.w_avg.device, noise, m.channels, side
 
 
 def reconstructor(network, level: int, alpha: float = 1.0, chunk: int = 32) -> Callable[[np.ndarray], np.ndarray]:
     """uint8 [N, C, R, R] -> G(E(x)) as uint8 [N, C, R, R], at ``level``."""
-    m, device = network.cfg, network.w_avg.device
-    noise = None if m.kind == "mlp" else network.noise_images(level, 1, torch.Generator().manual_seed(0))
-    c, r = _shape(network, level)
+    m, device, noise, c, r = _setup(network, level)
 
     @torch.no_grad()
     def reconstruct(images: np.ndarray) -> np.ndarray:
@@ -37,9 +37,7 @@ def reconstructor(network, level: int, alpha: float = 1.0, chunk: int = 32) -> C
 
 def generator(network, level: int, seed: int = 0, psi: float = 1.0, chunk: int = 64) -> Callable[[int], np.ndarray]:
     """n -> G(F(z)) as uint8 [n, C, R, R] for z drawn from ``seed`` (the same n, the same images)."""
-    m, device = network.cfg, network.w_avg.device
-    noise = None if m.kind == "mlp" else network.noise_images(level, 1, torch.Generator().manual_seed(0))
-    c, r = _shape(network, level)
+    m, device, noise, c, r = _setup(network, level)
 
     @torch.no_grad()
     def generate(n: int) -> np.ndarray:

@@ -291,8 +291,7 @@ def judge_final(checkpoint, cfg: Config, source: dict):
     if mnist:
         if stage.resolution != digits.RESOLUTION and cfg.model.kind == "style":
             return None
-        d = digits.Digits.load(folder)
-        return digits.judge(*digits.network_judged(network, stage.level), d, digits.DigitsClassifier.fit(d))
+        return digits.judge_network(network, stage.level, folder)
     if stage.resolution > JUDGE_MAX_RESOLUTION:
         return None
     return shapes.judge(shapes.network_reconstructor(network, stage.level, stage.alpha), stage.resolution)
