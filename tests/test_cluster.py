@@ -262,7 +262,8 @@ def run_files(bucket: str, name: str) -> dict[str, bytes]:
 
 
 def metrics_rows(files: dict[str, bytes]) -> list[dict]:
-    return [json.loads(line) for line in files["artifacts/metrics.jsonl"].decode().splitlines()]
+    rows = [json.loads(line) for line in files["artifacts/metrics.jsonl"].decode().splitlines()]
+    return [r for r in rows if "iteration" in r]  # the ticks (validations' rows name a checkpoint)
 
 
 def final_progress(files: dict[str, bytes]) -> dict:

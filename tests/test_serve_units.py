@@ -392,8 +392,25 @@ def test_the_ui_shows_refusals_as_messages_and_deletes_its_cache(engine, tmp_pat
     paths = [str(tmp_path / f"{i}.png") for i in range(6)]
     for path in paths:
         Image.fromarray(gradient(32, 32)).save(path)
-    blocks = build_ui(Service(LocalBackend(engine), engine.info()), Examples(str(tmp_path), paths))
+    blocks = build_ui(Service(LocalBackend(engine), engine.info()), Examples(str(tmp_path), paths, "Test images"))
     assert blocks.delete_cache == (CACHE_MAX_AGE_S, CACHE_MAX_AGE_S)
+
+
+def test_a_model_of_the_shapes_is_offered_held_out_shapes(engine):
+    """Not its own generations (which it reconstructs easily): the judge's held-out items, which no
+    training set holds."""
+    from PIL import Image
+
+    from alae_ray.data.synthetic import generate
+    from alae_ray.judges.shapes import HELD_OUT_START
+    from alae_ray.serve.service import Service
+    from apps.gradio_app import example_images
+
+    examples = asyncio.run(example_images(Service(LocalBackend(engine), engine.info())))
+    assert examples.label == "Held-out shapes (never in a training set)"
+    shown = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in examples.paths])
+    truth, _ = generate(np.arange(HELD_OUT_START, HELD_OUT_START + len(shown)), 32, 0)
+    assert len(shown) == 6 and np.array_equal(shown, truth.transpose(0, 2, 3, 1))
 
 
 def test_the_ui_speaks_of_what_the_model_was_trained_on():

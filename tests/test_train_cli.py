@@ -37,7 +37,11 @@ def test_embedded_default_trains_end_to_end(tmp_path):
     assert (art / "losses.png").is_file() and (art / "tensorboard").is_dir()
     assert (tmp_path / "cache" / "datasets").is_dir()  # the generated dataset, reused by later runs
     rows = [json.loads(l) for l in (art / "metrics.jsonl").read_text().splitlines()]
-    assert {r["level"] for r in rows} == {0, 1}
+    assert {r["level"] for r in rows if "iteration" in r} == {0, 1}
+    # every checkpoint was judged while training went on: its validation row, its line on the console
+    judged = [r for r in rows if "checkpoint" in r]
+    assert judged and all(r["val_position_px"] > 0 and r["checkpoint"].startswith("checkpoint_") for r in judged)
+    assert f"validated {judged[-1]['checkpoint']} ({judged[-1]['kimg']:.2f} kimg, 8px" in out.stderr
     # the shapes judge on the final model, at the level it reached (8x8), with the blind guess beside
     judge = summary["judge"]
     assert judge["resolution"] == 8 and judge["items"] == 256

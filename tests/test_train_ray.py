@@ -51,8 +51,10 @@ def shapes_local(tmp_path_factory, ray_local):
 LOSSES = ("loss_d", "r1", "loss_g", "loss_lae")
 
 
-def metrics(artifacts: str | Path) -> list[dict]:
-    return [json.loads(l) for l in (Path(artifacts) / "metrics.jsonl").read_text().splitlines()]
+def metrics(artifacts: str | Path, validations: bool = False) -> list[dict]:
+    """The ticks' rows of metrics.jsonl (or, with ``validations``, the validations' rows)."""
+    rows = [json.loads(l) for l in (Path(artifacts) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if ("iteration" in r) != validations]
 
 
 def last_per_iteration(rows: list[dict]) -> dict[int, dict]:
@@ -241,3 +243,42 @@ def test_fine_tuning_starts_from_an_imported_authors_model(tmp_path, shared_data
         # two iterations of Adam moved each stored weight by at most a few learning rates
         assert (a - b).abs().max() < 10 * 0.0015, name
     assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
+
+
+def test_checkpoints_are_judged_while_training_goes_on_and_the_best_is_kept(tmp_path, shapes_local, capfd):
+    from alae_ray.train.checkpoints import run_checkpoints
+    from alae_ray.train.run import run
+
+    summary = run(options(tmp_path, data=shapes_local, max_kimg=0.24, keep=1, keep_best="val_position_px",
+                          console=True))
+    judged = metrics(tmp_path / "artifacts", validations=True)
+    # one judge per checkpoint (0.096, 0.192 and the last, 0.24), each at the level it reached
+    assert [round(r["kimg"], 3) for r in judged] == [0.096, 0.192, 0.24]
+    assert [r["val_resolution"] for r in judged] == [4, 8, 8]
+    assert all(0 <= r["val_position_px"] < 20 and 0 <= r["val_shape_pct"] <= 100 for r in judged)
+    # Ray Train merged each result into its checkpoint's metrics and kept the best beside the newest
+    best = min(judged, key=lambda r: r["val_position_px"])
+    assert summary["best"]["value"] == best["val_position_px"] and summary["best"]["checkpoint"].endswith(best["checkpoint"])
+    kept = {uri.rstrip("/").rsplit("/", 1)[-1] for uri in run_checkpoints(str(tmp_path / "runs" / "t"))}
+    assert kept == {best["checkpoint"], judged[-1]["checkpoint"]}
+    assert f"validated {judged[-1]['checkpoint']} (0.24 kimg, 8px" in capfd.readouterr().err
+
+
+def test_a_failing_validation_is_posted_and_raised_with_its_checkpoint(tmp_path, ray_local):
+    import ray
+    import ray.train
+
+    from alae_ray.train.validation import validate
+    from alae_ray.train.watchdog import new_board
+
+    board, name = new_board()
+    broken = tmp_path / "checkpoint_broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    with pytest.raises(Exception):  # the original error, for Ray Train to mark the checkpoint
+        validate(ray.train.Checkpoint.from_directory(str(broken)), judge="shapes", kimg=1.5, board=name)
+    posted = ray.get(board.records.remote(0), timeout=30)
+    assert posted[0]["checkpoint"] == "checkpoint_broken" and posted[0]["kimg"] == 1.5
+    assert posted[0]["val_error"].startswith("validation of checkpoint_broken (1.50 kimg) failed: ")
+    _, _, said = ray.get(board.state.remote(), timeout=30)
+    assert said == [f"warning: {posted[0]['val_error']}"]

@@ -80,6 +80,7 @@ class TrainConfig:
     fused_adam: bool = True  # Fused Adam kernel.
     tf32: bool = True  # TF32 matrix products and convolutions where float32 remains.
     compile: bool = False  # torch.compile F, G, E, D (recompiled per level; R1's pass stays eager).
+    cpu_autocast: bool = False  # mixed_precision on the CPU too: the GPU default's numerics, checked here (slow).
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ class ALAEPhases:
             torch.backends.cudnn.benchmark = True
         if self.cuda and t.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.amp = self.cuda and t.mixed_precision
+        self.amp = t.mixed_precision and (self.cuda or t.cpu_autocast)
         m = self.model
         self.nets = Nets(m.F, m.G, m.E, m.D)
         if t.compile:
@@ -135,7 +135,7 @@ class ALAEPhases:
         return self.images_seen / 1000.0
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
 
     def _alpha(self, stage: Stage) -> float | torch.Tensor:
         """The fade-in weight for the networks: a float, or with ``train.compile`` while fading the

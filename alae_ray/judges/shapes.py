@@ -155,8 +155,17 @@ class ShapesJudgement:
     def score(self, factor: str) -> FactorScore:
         return next(s for s in self.scores if s.factor == factor)
 
+    @property
+    def left(self) -> float:
+        """One number for the whole judgement: the share of the blind guess's error the reconstructions
+        leave, averaged over the factors (0: every factor exact; 1: no better than not looking)."""
+        shares = [(100.0 - s.reconstructions) / (100.0 - s.blind) if s.higher_is_better else s.reconstructions / s.blind
+                  for s in self.scores]
+        return float(np.mean(shares))
+
     def to_dict(self) -> dict:
-        return {"resolution": self.resolution, "items": self.items, "found": self.found, "summary": self.summary(),
+        return {"resolution": self.resolution, "items": self.items, "found": self.found, "left": self.left,
+                "summary": self.summary(),
                 **{s.factor: {"unit": s.unit, "reconstructions": s.reconstructions, "inputs": s.inputs,
                               "blind": s.blind} for s in self.scores}}
 

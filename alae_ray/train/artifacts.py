@@ -99,23 +99,35 @@ class MetricsLog:
 
 
 def plot_losses(metrics_path: str | Path, png_path: str | Path) -> Path | None:
-    """Loss curves against kimg from metrics.jsonl; None if there is nothing to plot."""
+    """Loss curves against kimg from metrics.jsonl and, below them, the validation judges' metrics
+    (rows that name a checkpoint); None if there is nothing to plot."""
     rows = [json.loads(l) for l in Path(metrics_path).read_text().splitlines() if l.strip()]
+    judged = [r for r in rows if "checkpoint" in r and "val_error" not in r]
+    rows = [r for r in rows if "level" in r]
     if not rows:
         return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(LOSS_KEYS), figsize=(4 * len(LOSS_KEYS), 3))
-    kimg = [r["kimg"] for r in rows]
+    val_keys = sorted({k for r in judged for k in r if k.startswith("val_") and k not in ("val_resolution",
+                                                                                           "val_seconds")})
+    cols = max(len(LOSS_KEYS), len(val_keys))
+    fig, axes = plt.subplots(2 if val_keys else 1, cols, figsize=(4 * cols, 6 if val_keys else 3), squeeze=False)
     changes = [r["kimg"] for a, r in zip(rows, rows[1:]) if r["level"] != a["level"]]
-    for ax, key in zip(axes, LOSS_KEYS):
-        ax.plot(kimg, [r.get(key, float("nan")) for r in rows])
+    curves = [(axes[0][i], rows, key) for i, key in enumerate(LOSS_KEYS)]
+    curves += [(axes[1][i], judged, key) for i, key in enumerate(val_keys)]
+    for ax, series, key in curves:
+        ax.plot([r["kimg"] for r in series], [r.get(key, float("nan")) for r in series],
+                marker="o" if series is judged else None, ms=3)
         for c in changes:
             ax.axvline(c, color="grey", lw=0.5, ls="--")
         ax.set_title(key)
         ax.set_xlabel("kimg")
+    used = {id(ax) for ax, _, _ in curves}
+    for ax in axes.flat:
+        if id(ax) not in used:
+            ax.axis("off")
     fig.tight_layout()
     png_path = Path(png_path)
     tmp = png_path.with_name(f".{png_path.name}.tmp")

@@ -16,7 +16,10 @@ def cmd_train(args) -> int:
                         tick_kimg=args.tick_kimg, checkpoint_kimg=args.checkpoint_kimg, keep=args.keep,
                         max_failures=args.max_failures, flip=not args.no_flip,
                         cpus_per_worker=args.cpus_per_worker, init_checkpoint=init,
-                        stall_timeout_s=args.stall_timeout, verbose=args.verbose, allow_changes=args.allow_changes)
+                        stall_timeout_s=args.stall_timeout, verbose=args.verbose, allow_changes=args.allow_changes,
+                        validate=args.validate, validation_cpus=args.validation_cpus,
+                        validation_gpus=args.validation_gpus, validation_timeout_s=args.validation_timeout,
+                        keep_best=args.keep_best)
     try:
         summary = run(opts)
     except Exception as exc:  # Ray wraps worker errors; show the root cause in one line
@@ -51,6 +54,20 @@ def register(sub) -> None:
                    help="checkpoint interval (kimg); default: every 2 kimg or more, spaced so that checkpoints "
                         "stop training for under 2%% of its time")
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
+    p.add_argument("--validate", choices=("auto", "shapes", "digits", "off"), default="auto",
+                   help="judge each checkpoint in a Ray task of its own while training goes on (default auto: the "
+                        "shapes judge on the procedural shapes, the digits judge on MNIST prepared from IDX files, "
+                        "none otherwise); its metrics join the checkpoint's, metrics.jsonl, TensorBoard and the console")
+    p.add_argument("--validation-cpus", type=float, default=0.0, metavar="N",
+                   help="CPUs the validation task asks Ray for (default 0: a judge takes seconds, and a 2-CPU machine "
+                        "has none to spare)")
+    p.add_argument("--validation-gpus", type=float, default=0.0, metavar="N",
+                   help="GPUs the validation task asks Ray for (it judges on the GPU when it has one)")
+    p.add_argument("--validation-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="a validation still running after this long is cancelled (default 300)")
+    p.add_argument("--keep-best", metavar="METRIC", default=None,
+                   help="keep the --keep best checkpoints by this validation metric (e.g. val_hue_deg, val_recon_pct) "
+                        "beside the newest, instead of the newest --keep")
     p.add_argument("--max-failures", type=int, default=None,
                    help="restarts from the latest checkpoint after a lost worker (default: 3 on a cluster, 0 on "
                         "a local Ray); a non-finite loss is never retried")

@@ -11,6 +11,11 @@ stateful ``Evaluator`` the Ray Train worker calls at every tick when a sweep ask
 
 Both move with quality: an exploding or collapsing run has large errors. Lower is better.
 
+``shapes`` (procedural shapes and an RGB StyleALAE): the shapes judge (``alae_ray.judges.shapes``) of
+the EMA model's reconstructions of held-out renders at the current level: ``objective`` is the share of
+the blind guess's error left, averaged over position, hue, scale, rotation and shape class (0: exact,
+1: blind), with each factor beside it. The judge's own measures, not a held-out batch of the data.
+
 ``fid`` (when configured): the Fréchet Inception distance between ``fid_samples`` EMA generations
 (psi = 1, noise off, fixed z) and the held-out reals of the current level, using
 ``alae_ray.eval``'s Inception network (local weights: ``inception_weights`` or the usual
@@ -33,7 +38,7 @@ from ..core.config import ModelConfig
 from ..core.phases import fade_reals
 from ..core.pixels import from_uint8
 
-OBJECTIVES = ("recon", "fid")
+OBJECTIVES = ("recon", "fid", "shapes")
 DIVERGED = 1e9  # reported instead of NaN/inf (mode "min": the worst possible)
 
 
@@ -121,6 +126,7 @@ class Evaluator:
         self.z = fixed_latents(n, model.latent_size, int(spec.get("seed", 0)), self.device)
         self._features = None
         self._real_stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._classifiers: dict = {}
 
     def reals(self, resolution: int) -> torch.Tensor:
         key = resolution if resolution in self.held_out else max(self.held_out)
@@ -138,6 +144,8 @@ class Evaluator:
         return self._features(images)
 
     def __call__(self, model, stage) -> dict[str, float]:
+        if self.kind == "shapes":
+            return self.shapes(model, stage)
         if self.kind == "recon":
             return recon_objective(model, self.reals(stage.resolution), self.z, stage.level, stage.alpha,
                                    float(self.spec.get("lae_weight", 1.0)))
@@ -145,6 +153,17 @@ class Evaluator:
             self._real_stats[stage.resolution] = real_statistics(self.reals(stage.resolution), self.features)
         mu, sigma = self._real_stats[stage.resolution]
         return fid_objective(model, self.z, stage.level, stage.alpha, mu, sigma, self.features)
+
+
+    def shapes(self, model, stage) -> dict[str, float]:
+        from ..judges import shapes
+
+        if stage.resolution not in self._classifiers:  # fitted once per level (renders, no training)
+            self._classifiers[stage.resolution] = shapes.ShapeClassifier.fit(stage.resolution)
+        j = shapes.judge(shapes.network_reconstructor(model, stage.level, stage.alpha), stage.resolution,
+                         classifier=self._classifiers[stage.resolution])
+        return {"objective": sanitize(j.left), "objective_finite": math.isfinite(j.left),
+                **{f"obj_{s.factor}": sanitize(s.reconstructions) for s in j.scores}}
 
 
 def held_out_images(manifest, resolutions: list[int], count: int) -> dict[int, np.ndarray]:

@@ -21,6 +21,7 @@ from ..data.reader import check_level_schemas
 from ..data.sources import shapes_source
 from ..data.storage import DatasetError, resolve
 from .checkpoints import checkpoint_info
+from .validation import Validation, ray_config, resolve_validation
 from .ownership import RunDefinition, RunLease, check_definition, record_definition
 from .watchdog import (Needs, cluster_can_grow, fit_watched, local_paths_warning, new_board, other_node_ips, preflight,
                        start_ray)
@@ -66,6 +67,11 @@ class TrainOptions:
     init_data_position: bool = False  # ... and from its data position (same dataset and batch: a population member).
     objective: dict | None = None  # Report a tuning objective every tick (see alae_ray.train.objective).
     allow_changes: bool = False  # Continue a run whose recorded definition differs (see train.ownership).
+    validate: str = "auto"  # The judge run on each checkpoint in a task of its own (see train.validation).
+    validation_cpus: float = 0.0  # Its resources (a judge takes seconds: by default no CPU of its own).
+    validation_gpus: float = 0.0
+    validation_timeout_s: float = 300.0
+    keep_best: str | None = None  # Keep the best checkpoints by this validation metric (and the newest).
 
 
 def embedded_dataset(resolution: int, count: int = EMBEDDED_COUNT, seed: int = 0) -> str:
@@ -115,6 +121,7 @@ class Plan:
     max_kimg: float
     run_uri: str  # the run directory: checkpoints, run.json, the lease
     definition: RunDefinition
+    validation: Validation | None
 
 
 def plan(opts: TrainOptions) -> Plan:
@@ -153,8 +160,11 @@ def plan(opts: TrainOptions) -> Plan:
     run_uri = f"{'s3://' if storage_fs is not None else ''}{storage_path}/{name}"
     definition = RunDefinition.of(cfg, manifest, opts.flip, opts.shuffle_buffer, opts.preset, opts.overrides)
     check_definition(run_uri, definition, opts.allow_changes)  # again under the lease, before training
+    validation = resolve_validation(opts.validate, cfg, manifest.source, cpus=opts.validation_cpus,
+                                    gpus=opts.validation_gpus, timeout_s=opts.validation_timeout_s,
+                                    keep_best=opts.keep_best)
     return Plan(cfg, data, manifest, resolutions, name, storage_path, storage_fs, artifacts_dir, upload, max_kimg,
-                run_uri, definition)
+                run_uri, definition, validation)
 
 
 def _tuning_inputs(opts: TrainOptions, cfg: Config, manifest, resolutions: list[int], max_kimg: float):
@@ -188,6 +198,7 @@ def build_trainer(opts: TrainOptions, p: Plan | None = None):
     split = "test" if manifest.count(resolutions[-1], "test") >= 8 else "train"
     fixed = read_first_rows(manifest, resolutions[-1], split, 8)["image"]  # one shard, not the split
     start_kimg, held_out = _tuning_inputs(opts, cfg, manifest, resolutions, p.max_kimg)
+    v = p.validation
     loop_config = {
         "cfg": cfg.to_dict(), "max_kimg": p.max_kimg, "tick_kimg": opts.tick_kimg,
         "checkpoint_kimg": opts.checkpoint_kimg, "flip": opts.flip, "shuffle_buffer": opts.shuffle_buffer,
@@ -197,6 +208,7 @@ def build_trainer(opts: TrainOptions, p: Plan | None = None):
         "init_checkpoint": opts.init_checkpoint, "init_data_position": opts.init_data_position,
         "objective": opts.objective, "held_out": held_out, "board": board_name, "data": p.data,
         "run_uri": p.run_uri,
+        "validation": v and {"resolutions": v.resolutions, "timeout_s": v.timeout_s, "keep_best": v.keep_best},
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -205,9 +217,12 @@ def build_trainer(opts: TrainOptions, p: Plan | None = None):
                                                resources_per_worker={"CPU": opts.cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name=p.name, storage_path=p.storage_path, storage_filesystem=p.storage_fs,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=opts.keep),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=opts.keep, checkpoint_score_attribute=v and v.keep_best,
+                checkpoint_score_order=(v and v.order) or "max"),
             failure_config=ray.train.FailureConfig(max_failures=max_failures(opts)),
             callbacks=list(opts.callbacks) or None),
+        validation_config=ray_config(v, board_name) if v else None,
     )
     return trainer, {"name": p.name, "data": p.data, "storage": opts.storage,
                      "artifacts": p.upload or str(p.artifacts_dir), "max_kimg": p.max_kimg, "start_kimg": start_kimg,
@@ -261,6 +276,12 @@ def run(opts: TrainOptions) -> dict:
     summary = {"name": info["name"], "data": info["data"], "artifacts": info["artifacts"],
                "checkpoint": ckpt.path if ckpt is not None else None,
                "kimg": (result.metrics or {}).get("kimg"), "metrics": result.metrics}
+    v = p.validation
+    if v is not None and v.keep_best and result.best_checkpoints:  # sorted worst to best
+        best, metrics = result.best_checkpoints[-1]
+        if metrics.get(v.keep_best) == metrics.get(v.keep_best):  # not NaN: its judge ran
+            summary["best"] = {"checkpoint": best.path, "metric": v.keep_best, "value": metrics[v.keep_best],
+                               "kimg": metrics.get("kimg")}
     judgement = None
     try:  # the run is done and saved whatever its judge says
         judgement = judge_final(ckpt, p.cfg, p.manifest.source) if ckpt is not None else None
@@ -304,6 +325,8 @@ def format_summary(summary: dict) -> str:
         f"trained {summary['name']}: {summary['kimg']:.2f} kimg at {m.get('resolution', '?')}px ({losses})",
         *([f"  reconstructions of {summary['judge']['summary']}"] if summary.get("judge") else []),
         f"  checkpoint: {summary['checkpoint']}",
+        *([f"  best by {b['metric']} ({b['value']:.4g} at {b['kimg']:.2f} kimg): {b['checkpoint']}"]
+          if (b := summary.get("best")) else []),
         f"  samples, metrics, TensorBoard: {summary['artifacts']}",
         f"  data: {summary['data']}",
     ])

@@ -145,6 +145,8 @@ class ProgressBoard:
         self.what = "starting the Ray Train worker group (no worker has started yet)"
         self.failed: str | None = None
         self.said: list[str] = []  # console lines for the driver to print, in order
+        self.posted: list[dict] = []  # validation records for rank 0 to log, in order
+        self.logged = 0  # how many of them rank 0 has logged
 
     def beat(self, what: str) -> None:
         self.last, self.what = time.time(), what
@@ -156,6 +158,17 @@ class ProgressBoard:
 
     def say(self, line: str) -> None:
         self.said.append(line)
+
+    def post(self, record: dict) -> None:
+        self.posted.append(record)
+
+    def records(self, seen: int = 0) -> list[dict]:
+        """The records posted after the first ``seen`` (which rank 0 has logged)."""
+        self.logged = max(self.logged, seen)
+        return self.posted[seen:]
+
+    def logged_count(self) -> int:
+        return self.logged
 
     def state(self, seen: int = 0) -> tuple[float, str, list[str]]:
         """(seconds since anything happened, the last thing that did, console lines after ``seen``)."""
@@ -176,6 +189,16 @@ _boards: dict[str, object] = {}  # this process's handles, by board name
 _last_beat: dict[str, tuple[float, str]] = {}  # (when, what) last told, by board name
 
 
+def _board(name: str | None):
+    """This process's handle of the board called ``name``; None without a name or a board."""
+    if name and name not in _boards:
+        try:
+            _boards[name] = ray.get_actor(name)
+        except ValueError:  # the run is gone
+            return None
+    return _boards.get(name) if name else None
+
+
 def beat(name: str | None, what: str, *, failed: bool = False, say: str | None = None, every_s: float = 5.0) -> None:
     """From a worker: tell the board (fire and forget; a missing board is not an error). ``say``: a
     console line for the driver to print. A plain beat repeating the last one within ``every_s`` is
@@ -186,16 +209,41 @@ def beat(name: str | None, what: str, *, failed: bool = False, say: str | None =
     when, last = _last_beat.get(name, (-1e9, ""))
     if not (failed or say) and what == last and now - when < every_s:
         return
-    if name not in _boards:
-        try:
-            _boards[name] = ray.get_actor(name)
-        except ValueError:
-            return
-    board = _boards[name]
+    board = _board(name)
+    if board is None:
+        return
     _last_beat[name] = (now, what)
     (board.fail if failed else board.beat).remote(what)
     if say is not None:
         board.say.remote(say)
+
+
+def post(name: str | None, record: dict) -> None:
+    """A validation record for rank 0 to log (fire and forget, like ``beat``)."""
+    board = _board(name)
+    if board is not None:
+        board.post.remote(record)
+
+
+def records(name: str | None, seen: int, timeout_s: float = 30.0) -> list[dict]:
+    """The validation records posted after the first ``seen``; [] when there is no board or it does
+    not answer within ``timeout_s`` (the caller asks again at its next tick)."""
+    board = _board(name)
+    if board is None:
+        return []
+    try:
+        return ray.get(board.records.remote(seen), timeout=timeout_s)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+        return []
+
+
+def logged(name: str | None, timeout_s: float = 30.0) -> int:
+    """How many validation records an earlier rank 0 of this run logged (0 when unknown)."""
+    board = _board(name)
+    try:
+        return ray.get(board.logged_count.remote(), timeout=timeout_s) if board is not None else 0
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+        return 0
 
 
 def fit_watched(trainer, board, stall_s: float, poll_s: float = 1.0, echo=None):

@@ -36,6 +36,7 @@ from ..data.reader import open_dataset
 from ..data.storage import DatasetError
 from .checkpoints import AUTO_BUDGET, AUTO_MIN_KIMG, CheckpointPacer
 from . import artifacts
+from .validation import ValidationLog
 from .watchdog import beat
 
 
@@ -183,6 +184,7 @@ def train_loop_per_worker(config: dict) -> None:
     max_kimg = config["max_kimg"]
     stop = round(max_kimg * 1000)
     fail_at = config.get("fail_at_kimg")  # for the fault-tolerance test: one crash, once per run
+    validation = ValidationLog(config.get("validation"), board, log) if rank == 0 else None
     t0 = time.perf_counter()
 
     def on_tick(tick: Tick) -> None:
@@ -199,6 +201,7 @@ def train_loop_per_worker(config: dict) -> None:
         c0 = time.perf_counter()
         rng = _gather_rng(phases) if due else {}
         if rank == 0:
+            validation.log_new()
             log.write(metrics)
             # the driver prints it: one line per tick, with or without Ray's own worker logs
             beat(board, f"training at {tick.kimg:.3f} kimg ({s.resolution}px)",
@@ -211,8 +214,12 @@ def train_loop_per_worker(config: dict) -> None:
                                         tensors, {**phases.progress(), "data": data.state_dict(), "kimg": tick.kimg})
                 ckpt = ray.train.Checkpoint.from_directory(str(path))
             # ASYNC: training goes on while the checkpoint uploads (the local copy is deleted after);
-            # Ray Train waits for the last upload before the run ends.
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+            # Ray Train waits for the last upload before the run ends, and validates it in a task of its own.
+            reported, validate = validation.request(metrics, tick.kimg, s.resolution) if rank == 0 else (metrics, False)
+            ray.train.report(reported, checkpoint=ckpt, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+                             validation=validate)
+            if rank == 0 and tick.images_seen >= stop:
+                validation.wait_for_all()  # the last checkpoint's judge in metrics.jsonl before the upload
             if rank == 0:  # after the checkpoint: a failure here is a warning, never a lost checkpoint
                 _publish(phases, s, fixed, out_dir, tick.kimg, config, log if tick.images_seen >= stop else None, board)
             # Rank 0 stood still longest (the write, samples, artifacts): its figures pace every rank.

@@ -172,7 +172,14 @@ def _check_data(plan: SweepPlan, data: str) -> None:
     from ..data import open_dataset
     from ..train.run import _data_resolutions
 
-    _data_resolutions(plan.config({}), open_dataset(data))
+    cfg = plan.config({})
+    _data_resolutions(cfg, open_dataset(data))
+    if plan.sweep.objective.kind == "shapes":
+        from ..judges import shapes
+
+        if not shapes.fits(cfg.model):
+            raise ConfigError(f"{plan.sweep.path}: objective.kind shapes judges a StyleALAE on RGB images; preset "
+                              f"{cfg.name!r} is a {cfg.model.kind} ALAE on {cfg.model.channels}-channel images")
 
 
 def prepare_sweep(opts: TuneOptions) -> tuple[SweepPlan, str, _Store, str, object, str]:

@@ -99,6 +99,7 @@ def trial_options(plan, params: dict, trial_id: str, ctx: dict, preset_path: str
         shuffle_buffer=ctx.get("shuffle_buffer", 2048),
         init_checkpoint=init or (s.start.checkpoint if s.start else None), init_data_position=init is not None,
         objective=dataclasses.asdict(o), fail_at_kimg=ctx.get("fail_at_kimg"),
+        validate="off",  # a trial reports its sweep's objective every tick; judges cost CPU beside trials
     )
 
 
