@@ -229,3 +229,26 @@ def test_a_corrupt_progress_file_is_named(tmp_path):
         progress.write_text(text)
         with pytest.raises(CheckpointError, match="progress.json"):
             load_model(tmp_path / "c")
+
+
+def test_bf16_autocast_trains_through_a_fade_in_close_to_float32():
+    """The style presets' CUDA default (bf16 autocast), run on the CPU through the same code path
+    (train.cpu_autocast): across a level change and fade-in the losses stay finite and within bf16's
+    reach of float32's. (The fade-in blend once mixed a bf16 and a float32 path and failed.)"""
+    runs = {}
+    for amp in (False, True):
+        cfg = load_config("tiny", [f"train.cpu_autocast={amp}", "schedule.fade_kimg=0.064",
+                                   "schedule.stable_kimg=0.032", "schedule.batch={4: 16}"])
+        p = ALAEPhases(cfg)
+        assert p.amp == amp
+        seen = []
+        train(p, TensorImages(reals(64), seed=0), max_kimg=0.16, tick_kimg=0.016,
+              on_tick=lambda t: seen.append((t.stage.level, t.stage.alpha, {k: float(v) for k, v in t.losses.items()})))
+        runs[amp] = seen
+    assert any(level == 1 and 0 < alpha < 1 for level, alpha, _ in runs[True])  # through a fade-in
+    for (_, _, fp32), (_, _, bf16) in zip(runs[False], runs[True]):
+        assert all(math.isfinite(v) for v in bf16.values())
+    # the first tick, before the two runs' weights drift apart: within about two bf16 steps (2 x 2^-8)
+    first32, first16 = runs[False][0][2], runs[True][0][2]
+    for k in ("loss_d", "loss_g", "loss_lae"):
+        assert first16[k] == pytest.approx(first32[k], rel=2 * 2**-8), k

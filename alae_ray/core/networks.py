@@ -35,7 +35,10 @@ def fading(alpha: float | torch.Tensor) -> bool:
 
 
 def _blend(old: torch.Tensor, new: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
-    return torch.lerp(old, new, alpha.to(new.dtype) if torch.is_tensor(alpha) else alpha)
+    """lerp(old, new, alpha) in the wider of their dtypes: under bf16 autocast one path comes out of a
+    convolution (bf16) and the other may not (float32), and lerp takes one dtype."""
+    dtype = torch.promote_types(old.dtype, new.dtype)
+    return torch.lerp(old.to(dtype), new.to(dtype), alpha.to(dtype) if torch.is_tensor(alpha) else alpha)
 
 
 class MappingF(nn.Module):
