@@ -279,7 +279,10 @@ class Gateway:
 
         examples = await example_images(self.service)
         blocks = build_ui(self.service, examples)
-        return gr.mount_gradio_app(app, blocks, path=UI_PATH, max_file_size=self.service.limits.max_upload_bytes,
+        # root_path: without it the files an example puts into an input are linked without /ui (a 404:
+        # the input showed a broken image while the model got the file)
+        return gr.mount_gradio_app(app, blocks, path=UI_PATH, root_path=UI_PATH,
+                                   max_file_size=self.service.limits.max_upload_bytes,
                                    allowed_paths=[examples.directory])
 
 
