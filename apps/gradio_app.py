@@ -4,7 +4,8 @@ mixing (Figure 9 grid), generation, interpolation.
 ``build_ui(service, examples)`` returns a ``gr.Blocks`` that calls the same ``Service`` as the HTTP
 API, so uploads go through the same validation and the model through the same batched deployment.
 Example images are made when the UI starts (nothing from a dataset is shipped): held-out renders for
-a model of the procedural shapes, the model's own generations otherwise; the words follow what the checkpoint was trained on (faces, bedrooms, digits, shapes).
+a model of the procedural shapes, the model's own generations otherwise; the words follow what the
+checkpoint was trained on (faces, bedrooms, digits, shapes).
 Uploads are decoded off the event loop; Gradio's copies of uploads and outputs are deleted hourly.
 """
 

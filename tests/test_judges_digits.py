@@ -83,15 +83,19 @@ def test_images_it_cannot_judge_are_refused_in_one_line(digits, classifier):
         classifier.predict(np.zeros((4, 1, 32, 32), np.float32))
 
 
-def test_models_are_judged_from_the_api_and_from_alae_ray_eval(tmp_path, train_checkpoint, classifier, cache, capsys,
-                                                              monkeypatch):
-    import alae_ray
-    from alae_ray.cli import main
-
-    monkeypatch.setenv("ALAE_RAY_CACHE", str(cache.parent))  # the classifier trained above: <cache>/judges
+@pytest.fixture()
+def judges_home(classifier, cache, monkeypatch):
+    """ALAE_RAY_CACHE pointing at a copy of the classifier trained above (<cache>/judges)."""
+    monkeypatch.setenv("ALAE_RAY_CACHE", str(cache.parent))
     (cache.parent / "judges").mkdir(exist_ok=True)
     for f in cache.iterdir():
         (cache.parent / "judges" / f.name).write_bytes(f.read_bytes())
+
+
+def test_models_are_judged_from_the_api_and_from_alae_ray_eval(tmp_path, train_checkpoint, judges_home, capsys):
+    import alae_ray
+    from alae_ray.cli import main
+
     style = train_checkpoint(tmp_path / "style", overrides=["model.channels=1"])  # 1-channel, briefly, on noise
     j = alae_ray.load(style, device="cpu", level=3).judge_digits(MNIST, n=200)
     assert j.items == 200 and j.reconstruction < 50.0 and j.frechet > j.frechet_real
@@ -103,6 +107,21 @@ def test_models_are_judged_from_the_api_and_from_alae_ray_eval(tmp_path, train_c
     assert rows["digits/frechet"]["details"]["space"].endswith("(not Inception FID)")
     mlp = alae_ray.load(train_checkpoint(tmp_path / "mlp", preset="mnist"), device="cpu")  # 28x28, padded to 32
     assert mlp.judge_digits(MNIST, n=100).items == 100
+
+
+def test_validation_judges_a_checkpoint_of_digits_as_the_api_does(tmp_path, train_checkpoint, judges_home):
+    """train.validation's judge of a checkpoint: the digits judge's figures, flat; None for a StyleALAE
+    still below the judge's 32x32."""
+    import alae_ray
+    from alae_ray.train.validation import judge_checkpoint
+
+    mlp = train_checkpoint(tmp_path / "mlp", preset="mnist")
+    got = judge_checkpoint(mlp, "digits", str(MNIST))
+    j = alae_ray.load(mlp, device="cpu").judge_digits(MNIST)
+    assert (got["val_recon_pct"], got["val_balance_pts"], got["val_frechet"]) == (j.reconstruction, j.balance,
+                                                                                 j.frechet)
+    small = train_checkpoint(tmp_path / "gray", overrides=["model.channels=1"])  # tiny's first level: 4x4
+    assert judge_checkpoint(small, "digits", str(MNIST)) is None
 
 
 def test_a_model_the_judge_does_not_fit_is_refused_in_one_line(tmp_path, train_checkpoint):

@@ -154,7 +154,6 @@ class Evaluator:
         mu, sigma = self._real_stats[stage.resolution]
         return fid_objective(model, self.z, stage.level, stage.alpha, mu, sigma, self.features)
 
-
     def shapes(self, model, stage) -> dict[str, float]:
         from ..judges import shapes
 

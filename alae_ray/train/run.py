@@ -21,8 +21,8 @@ from ..data.reader import check_level_schemas
 from ..data.sources import shapes_source
 from ..data.storage import DatasetError, resolve
 from .checkpoints import checkpoint_info
-from .validation import Validation, ray_config, resolve_validation
 from .ownership import RunDefinition, RunLease, check_definition, record_definition
+from .validation import Validation, data_judge, judgement, ray_config, resolve_validation
 from .watchdog import (Needs, cluster_can_grow, fit_watched, local_paths_warning, new_board, other_node_ips, preflight,
                        start_ray)
 
@@ -300,22 +300,16 @@ def judge_final(checkpoint, cfg: Config, source: dict):
     were (None for anything else, a model the judge does not fit, or a resolution too large to judge on
     the driver's CPU in seconds)."""
     from ..core.checkpoint import load_model
-    from ..judges import digits, shapes
 
-    kind, folder = source.get("kind"), source.get("path")
-    mnist = kind == "mnist-idx" and folder and Path(folder).is_dir() and digits.fits(cfg.model)
-    if not (kind == "shapes" and shapes.fits(cfg.model)) and not mnist:
+    judge = data_judge(cfg, source)
+    if judge is None:
         return None
     with checkpoint.as_directory() as d:
         network, cfg, progress = load_model(d, device="cpu")
     stage = stage_at(cfg, progress["images_seen"] / 1000.0)
-    if mnist:
-        if stage.resolution != digits.RESOLUTION and cfg.model.kind == "style":
-            return None
-        return digits.judge_network(network, stage.level, folder)
     if stage.resolution > JUDGE_MAX_RESOLUTION:
         return None
-    return shapes.judge(shapes.network_reconstructor(network, stage.level, stage.alpha), stage.resolution)
+    return judgement(network, stage, judge, source.get("path"))
 
 
 def format_summary(summary: dict) -> str:

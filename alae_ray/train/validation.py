@@ -50,6 +50,34 @@ class Validation:
         return self.resolutions is None or resolution in self.resolutions
 
 
+def _mnist_here(source: dict) -> bool:
+    """Whether a dataset was prepared from MNIST IDX files that are still where they were."""
+    folder = source.get("path")
+    return source.get("kind") == "mnist-idx" and bool(folder) and Path(folder).is_dir()
+
+
+def data_judge(cfg: Config, source: dict) -> str | None:
+    """The judge of a run's data where its model fits it: "shapes" on the procedural shapes, "digits" on
+    MNIST prepared from IDX files still where they were; None for anything else."""
+    from ..judges import digits, shapes
+
+    if source.get("kind") == "shapes" and shapes.fits(cfg.model):
+        return "shapes"
+    return "digits" if _mnist_here(source) and digits.fits(cfg.model) else None
+
+
+def judgement(network, stage, judge: str, source: str | None):
+    """The judge's judgement of a core ``ALAE`` at ``stage`` (its level and fade; the digits judge reads
+    the IDX folder ``source``); None at a level the judge cannot read (digits below 32x32)."""
+    from ..judges import digits, shapes
+
+    if judge == "shapes":
+        return shapes.judge(shapes.network_reconstructor(network, stage.level, stage.alpha), stage.resolution)
+    if network.cfg.kind == "style" and stage.resolution != digits.RESOLUTION:
+        return None
+    return digits.judge_network(network, stage.level, source)
+
+
 def resolve_validation(judge: str, cfg: Config, source: dict, *, cpus: float = 0.0, gpus: float = 0.0,
                        timeout_s: float = 300.0, keep_best: str | None = None) -> Validation | None:
     """The ``Validation`` of a run (None: off). ``auto`` picks the data's judge where the model fits
@@ -58,11 +86,8 @@ def resolve_validation(judge: str, cfg: Config, source: dict, *, cpus: float = 0
 
     if judge not in JUDGES:
         raise ConfigError(f"--validate must be one of {', '.join(JUDGES)}, got {judge!r}")
-    kind, folder = source.get("kind"), source.get("path")
-    mnist_here = kind == "mnist-idx" and bool(folder) and Path(folder).is_dir()
     if judge == "auto":
-        judge = ("shapes" if kind == "shapes" and shapes.fits(cfg.model) else
-                 "digits" if mnist_here and digits.fits(cfg.model) else "off")
+        judge = data_judge(cfg, source) or "off"
         if judge == "off" and keep_best:
             raise ConfigError(f"--keep-best {keep_best}: this run has no judge (the shapes judge validates the "
                               "procedural shapes, the digits judge MNIST prepared from IDX files)")
@@ -75,7 +100,7 @@ def resolve_validation(judge: str, cfg: Config, source: dict, *, cpus: float = 0
         if not digits.fits(cfg.model):
             raise ConfigError(f"--validate digits: the digits judge reads one-channel 28x28 or 32x32 digits; preset "
                               f"{cfg.name!r} makes {cfg.model.channels}-channel {cfg.model.max_resolution}px images")
-        if not mnist_here:
+        if not _mnist_here(source):
             raise ConfigError("--validate digits: the dataset was not prepared from MNIST IDX files that are still "
                               "where they were (the judge reads their labels)")
     if keep_best and keep_best not in METRICS[judge]:
@@ -84,14 +109,15 @@ def resolve_validation(judge: str, cfg: Config, source: dict, *, cpus: float = 0
         raise ConfigError(f"validation resources must be >= 0 and its timeout > 0 (got --validation-cpus {cpus}, "
                           f"--validation-gpus {gpus}, --validation-timeout {timeout_s})")
     resolutions = (digits.RESOLUTION,) if judge == "digits" and cfg.model.kind == "style" else None
-    return Validation(judge, folder if judge == "digits" else None, resolutions, cpus, gpus, timeout_s, keep_best)
+    return Validation(judge, source.get("path") if judge == "digits" else None, resolutions, cpus, gpus, timeout_s,
+                      keep_best)
 
 
 def ray_config(v: Validation, board: str):
     """Ray Train's ``ValidationConfig`` for ``validate`` with these settings."""
     import ray.train
 
-    kwargs = {"judge": v.judge, "source": v.source, "board": board, "threads": max(1, int(v.cpus) or 1)}
+    kwargs = {"judge": v.judge, "source": v.source, "board": board, "threads": max(1, int(v.cpus))}
     return ray.train.ValidationConfig(
         fn=validate, task_config=ray.train.ValidationTaskConfig(fn_kwargs=kwargs, timeout_s=v.timeout_s),
         # A judge takes seconds: by default it asks for no CPU of its own, so that a 2-CPU machine
@@ -104,20 +130,18 @@ def judge_checkpoint(directory: str | Path, judge: str, source: str | None, devi
     (``METRICS[judge]`` plus ``kimg`` and ``val_resolution``); None at a level the judge cannot read."""
     from ..core.checkpoint import load_model
     from ..core.schedule import stage_at
-    from ..judges import digits, shapes
 
     network, cfg, progress = load_model(directory, device=device)
     kimg = progress["images_seen"] / 1000.0
     stage = stage_at(cfg, kimg)
+    j = judgement(network, stage, judge, source)
+    if j is None:
+        return None
     out = {"kimg": kimg, "val_resolution": stage.resolution}
     if judge == "shapes":
-        j = shapes.judge(shapes.network_reconstructor(network, stage.level, stage.alpha), stage.resolution)
         s = {f.factor: f.reconstructions for f in j.scores}
         return {**out, "val_position_px": s["position"], "val_hue_deg": s["hue"], "val_scale_px": s["scale"],
                 "val_rotation_deg": s["rotation"], "val_shape_pct": s["shape"], "val_left": j.left}
-    if cfg.model.kind == "style" and stage.resolution != digits.RESOLUTION:
-        return None
-    j = digits.judge_network(network, stage.level, source)
     return {**out, "val_recon_pct": j.reconstruction, "val_balance_pts": j.balance, "val_frechet": j.frechet}
 
 
