@@ -311,3 +311,40 @@ def test_pbt_keeps_perturbed_values_in_the_declared_space():
         assert 1.0 <= config["train.r1_gamma"] <= 30.0
         assert config["schedule.batch.8"] in (16, 32)
         assert config["train.truncation_cutoff"] in range(2, 6)
+
+
+def test_check_writes_nothing_and_makes_no_data(tmp_path, capsys, monkeypatch):
+    """--check of a sweep on the embedded dataset neither records the experiment (a later
+    --no-resume would be refused) nor generates the dataset (minutes at 1024 px)."""
+    import alae_ray.train.run as run
+
+    monkeypatch.setattr(run, "DEFAULT_CACHE", tmp_path / "cache")
+    rc = main(["tune", "--sweep", write(tmp_path, BASE), "--check", "--storage", str(tmp_path / "runs")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "the embedded procedural dataset (made at the first run): OK" in out, out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_sweep_recorded_before_a_field_existed_resumes(tmp_path):
+    """sweep.json holds the normalised sweep with its defaults; one recorded before a field with a
+    default was added (trial.retries, trial.stall_timeout_s) is the same sweep, not a different one."""
+    from alae_ray.data import PrepareOptions, prepare
+    from alae_ray.data.sources import shapes_source
+    from alae_ray.tune.runner import TuneOptions, _normalised, prepare_sweep
+
+    data = str(tmp_path / "data")
+    prepare(shapes_source(8, 32, seed=0), data, PrepareOptions(seed=0))
+    path = write(tmp_path, BASE)
+    recorded = _normalised(load_sweep(path).to_dict())
+    for key in ("retries", "stall_timeout_s"):
+        del recorded["trial"][key]
+    experiment = tmp_path / "runs" / "s"
+    experiment.mkdir(parents=True)
+    (experiment / "sweep.json").write_text(json.dumps({"sweep": recorded, "data": data, "shuffle_buffer": 2048}))
+    opts = TuneOptions(sweep=path, storage=str(tmp_path / "runs"), resume="always")
+    assert prepare_sweep(opts)[5] == data
+    # a real difference is still one
+    recorded["trial"]["kimg"] = 0.512
+    (experiment / "sweep.json").write_text(json.dumps({"sweep": recorded, "data": data, "shuffle_buffer": 2048}))
+    with pytest.raises(ConfigError, match="different sweep"):
+        prepare_sweep(opts)

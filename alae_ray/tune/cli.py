@@ -13,11 +13,12 @@ def cmd_tune(args) -> int:
     opts = TuneOptions(sweep=args.sweep, storage=args.storage, name=args.name, data=args.data, resume=resume,
                        verbose=0 if args.quiet else 2 if args.verbose else 1)
     if args.check:
-        plan = prepare_sweep(opts)[0]
+        plan, *_, data = prepare_sweep(opts, check_only=True)
         s = plan.sweep
         print(f"sweep {s.name}: {len(s.space)} parameter(s) ({', '.join(p.key for p in s.space)}), "
               f"{s.search.num_samples} sample(s), {s.scheduler.kind}, objective {s.objective.kind} every "
-              f"{s.objective.every_kimg:g} kimg, {s.trial.kimg:g} kimg per trial from {plan.start_kimg:g} kimg: OK")
+              f"{s.objective.every_kimg:g} kimg, {s.trial.kimg:g} kimg per trial from {plan.start_kimg:g} kimg, data "
+              f"{data or 'the embedded procedural dataset (made at the first run)'}: OK")
         return 0
     summary = run_sweep(opts)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))

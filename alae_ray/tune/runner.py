@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..core.config import ConfigError
 from ..train.watchdog import PreflightError, cluster_can_grow, local_paths_warning, other_node_ips, start_ray
-from .sweep import POPULATION, SweepPlan, load_sweep, param_space, plan_sweep
+from .sweep import POPULATION, SweepPlan, load_sweep, param_space, parse_sweep, plan_sweep
 
 RESUME_MODES = ("auto", "always", "never")
 
@@ -104,6 +104,15 @@ def _normalised(obj) -> object:
     return json.loads(json.dumps(obj, default=str, sort_keys=True))
 
 
+def _with_defaults(recorded: dict, path: str) -> object:
+    """A recorded sweep as today's parser reads it: fields added since it was recorded take their
+    defaults, so a sweep started before them still resumes."""
+    try:
+        return _normalised(parse_sweep(recorded, path).to_dict())
+    except ConfigError:
+        return recorded
+
+
 def _clip_to_space(bounds: dict, config: dict) -> dict:
     """PBT multiplies continuous values by 0.8 or 1.2 and never looks at the bounds: keep them inside."""
     for key, (kind, low, high) in bounds.items():
@@ -167,13 +176,15 @@ def make_search(plan: SweepPlan, concurrency: int):
     return BasicVariantGenerator(random_state=s.seed, max_concurrent=concurrency), None
 
 
-def _check_data(plan: SweepPlan, data: str) -> None:
-    """The dataset must have the levels the trials train (fails before Ray starts, naming the URI)."""
+def _check_data(plan: SweepPlan, data: str | None) -> None:
+    """The dataset must have the levels the trials train (fails before Ray starts, naming the URI);
+    None is the embedded dataset, made to fit."""
     from ..data import open_dataset
     from ..train.run import _data_resolutions
 
     cfg = plan.config({})
-    _data_resolutions(cfg, open_dataset(data))
+    if data is not None:
+        _data_resolutions(cfg, open_dataset(data))
     if plan.sweep.objective.kind == "shapes":
         from ..judges import shapes
 
@@ -182,8 +193,11 @@ def _check_data(plan: SweepPlan, data: str) -> None:
                               f"{cfg.name!r} is a {cfg.model.kind} ALAE on {cfg.model.channels}-channel images")
 
 
-def prepare_sweep(opts: TuneOptions) -> tuple[SweepPlan, str, _Store, str, object, str]:
-    """Every check that needs no Ray: (plan, name, store, storage_path, storage_fs, data)."""
+def prepare_sweep(opts: TuneOptions, check_only: bool = False) -> tuple[SweepPlan, str, _Store, str, object, str | None]:
+    """Every check that needs no Ray: (plan, name, store, storage_path, storage_fs, data).
+    ``check_only`` (``tune --check``) writes nothing and generates no data: the embedded dataset
+    (data None) is made for the preset's resolutions, so it always fits; a preset at 1024 px would
+    spend many minutes making it."""
     from ..train.run import _storage, embedded_dataset
 
     if opts.resume not in RESUME_MODES:
@@ -200,7 +214,7 @@ def prepare_sweep(opts: TuneOptions) -> tuple[SweepPlan, str, _Store, str, objec
         raise ConfigError(f"nothing to resume at {opts.storage}/{name}")
     data = opts.data
     if meta is not None:
-        if meta["sweep"] != _normalised(plan.sweep.to_dict()):
+        if _with_defaults(meta["sweep"], plan.sweep.path) != _normalised(plan.sweep.to_dict()):
             raise ConfigError(f"experiment {opts.storage}/{name} was started with a different sweep than "
                               f"{plan.sweep.path}; restore that file or choose another --name")
         if data and data != meta["data"]:
@@ -209,11 +223,11 @@ def prepare_sweep(opts: TuneOptions) -> tuple[SweepPlan, str, _Store, str, objec
         # the trials' Train runs resume with the shuffle window they began with (it is part of each
         # run's definition); an experiment from before it was recorded used the default
         opts.shuffle_buffer = int(meta.get("shuffle_buffer", TuneOptions.shuffle_buffer))
-    if not data:
+    if not data and not check_only:
         cfg = plan.config({})
         data = embedded_dataset(cfg.model.max_resolution if cfg.model.kind == "style" else 32, seed=cfg.train.seed)
     _check_data(plan, data)
-    if meta is None:
+    if meta is None and not check_only:
         store.write("sweep.json", json.dumps({"sweep": _normalised(plan.sweep.to_dict()), "data": data,
                                               "shuffle_buffer": opts.shuffle_buffer}, indent=2))
     return plan, name, store, storage_path, fs, data
