@@ -38,8 +38,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .core.checkpoint import CheckpointError, load_model
 from .core.bands import BANDS, band_layers
+from .core.checkpoint import CheckpointError, load_model
 from .core.config import Config, ModelConfig
 from .core.model import ALAE
 from .core.pixels import from_uint8, to_uint8
@@ -85,7 +85,7 @@ def load(checkpoint: str | os.PathLike, *, device: str | torch.device = "auto", 
     """An inference model from a checkpoint directory, a run directory (its newest checkpoint) or an
     ``s3://`` URI of either. ``level`` defaults to the top level; ``ema=False`` loads the raw
     training networks instead of their moving average."""
-    from .train.checkpoints import locate_checkpoint
+    from .infra.checkpoints import locate_checkpoint
 
     dev = pick_device(device)
     uri = locate_checkpoint(str(checkpoint))  # of an s3:// run directory, only the newest is downloaded

@@ -47,7 +47,7 @@ def cmd_export(args) -> int:
 
     from .api import local_checkpoint
     from .core.checkpoint import is_checkpoint, read_networks, write_checkpoint
-    from .train.checkpoints import locate_checkpoint
+    from .infra.checkpoints import locate_checkpoint
 
     out = Path(args.out)
     if out.exists() and not (args.force and is_checkpoint(out)):

@@ -16,6 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .data.storage import cache_dir
+
 # Base of the authors' S3 mirror (their training_artifacts/download_all.py); files are <config>/<file>.
 S3_BASE = "https://alaeweights.s3.us-east-2.amazonaws.com/"
 DRIVE_URL = "https://drive.usercontent.google.com/download?id={id}&export=download&confirm=t"
@@ -57,10 +59,6 @@ def find_release(name: str) -> Release | None:
     return next((r for r in RELEASES if r.name == name), None)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("ALAE_RAY_CACHE", Path.home() / ".cache" / "alae-ray")) / "authors"
-
-
 def release_urls(r: Release) -> list[str]:
     """Where to fetch it, in order; ``ALAE_RAY_RELEASES_URL`` replaces the S3 mirror's base (a mirror of your own)."""
     base = os.environ.get("ALAE_RAY_RELEASES_URL")
@@ -71,7 +69,7 @@ def release_urls(r: Release) -> list[str]:
 
 def fetch(r: Release, *, progress: bool = True) -> Path:
     """The release's file in the cache, downloaded first if needed (temporary name, size check, rename)."""
-    dest = cache_dir() / r.config / r.file
+    dest = cache_dir("authors") / r.config / r.file
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """The Gradio UI of an ALAE: reconstruction (plain and refined), edits along learned directions, style
 mixing (Figure 9 grid), generation, interpolation.
 
+``build_app(args)`` is the serving application with this UI at /ui (deploy/serve.yaml's import path
+and ``alae-ray serve``'s); it is composed on top of ``alae_ray.serve``, which never imports it.
 ``build_ui(service, examples)`` returns a ``gr.Blocks`` that calls the same ``Service`` as the HTTP
 API, so uploads go through the same validation and the model through the same batched deployment.
 Example images are made when the UI starts (nothing from a dataset is shipped): held-out renders for
@@ -21,6 +23,8 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from alae_ray.serve import app as serve_app
+from alae_ray.serve.app import ServeArgs
 from alae_ray.serve.inputs import InputError, decode_image, strip, style_grid
 from alae_ray.serve.service import Overloaded, Service
 from alae_ray.serve.styles import BANDS
@@ -258,3 +262,19 @@ def build_ui(service: Service, examples: Examples) -> gr.Blocks:
                             label=shown)
                 int_btn.click(interpolate, [int_a, int_b, int_steps], int_out, api_name="interpolate")
     return demo
+
+
+async def mount_ui(app, service: Service, path: str):
+    """This UI mounted at ``path`` on the gateway's ASGI ``app`` (``alae_ray.serve.app.MountUI``)."""
+    examples = await example_images(service)
+    # root_path: without it the files an example puts into an input are linked without /ui (a 404:
+    # the input showed a broken image while the model got the file)
+    return gr.mount_gradio_app(app, build_ui(service, examples), path=path, root_path=path,
+                               max_file_size=service.limits.max_upload_bytes, allowed_paths=[examples.directory])
+
+
+def build_app(args: ServeArgs | dict):
+    """The demo: the serving application (``alae_ray.serve.app.build_app``) with this UI at /ui, unless
+    ``ui`` is false. ``serve run apps.gradio_app:build_app checkpoint=...`` or deploy/serve.yaml."""
+    args = args if isinstance(args, ServeArgs) else ServeArgs(**args)
+    return serve_app.build_app(args, mount_ui)

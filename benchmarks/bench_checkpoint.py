@@ -22,9 +22,9 @@ import torch
 
 from alae_ray.core.checkpoint import write_checkpoint
 from alae_ray.core.config import load_config
+from alae_ray.core.pacing import AUTO_BUDGET, AUTO_MIN_KIMG
 from alae_ray.core.phases import ALAEPhases
 from alae_ray.core.schedule import stage_at
-from alae_ray.train.checkpoints import AUTO_BUDGET, AUTO_MIN_KIMG
 
 
 def main() -> None:

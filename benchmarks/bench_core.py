@@ -36,7 +36,6 @@ from alae_ray.core.config import load_config
 from alae_ray.core.phases import ALAEPhases
 from alae_ray.core.schedule import Stage
 
-
 FAST = ["train.mixed_precision=true", "train.channels_last=true", "train.fused_adam=true", "train.tf32=true"]
 VARIANTS = {
     "fp32": ["train.mixed_precision=false", "train.channels_last=false", "train.fused_adam=false", "train.tf32=false"],

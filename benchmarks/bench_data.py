@@ -143,6 +143,7 @@ def main() -> int:
               f"upload to S3 {t_up:.1f} s", flush=True)
 
         import ray
+
         from alae_ray.data import level_dataset
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)

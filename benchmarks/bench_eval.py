@@ -40,9 +40,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     # Always a fresh temporary TORCH_HOME: random weights must never land in a real hub cache.
     os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="bench-eval-")
-    from alae_ray.eval.frechet import feature_statistics, frechet_distance, frechet_distance_to_features
-    from alae_ray.eval.networks import inception_features, load_inception, load_lpips
     from alae_ray.eval.testing import write_random_weights
+    from alae_ray.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_to_features
+    from alae_ray.metrics.networks import inception_features, load_inception, load_lpips
 
     write_random_weights(os.environ["TORCH_HOME"])
     dev = torch.device(args.device)

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from bench_serve import make_checkpoint, payloads, percentile, start_serve
 
 

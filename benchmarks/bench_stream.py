@@ -56,6 +56,7 @@ def main() -> int:
         m = open_dataset(upload(work / "ds", endpoint))
 
         import ray
+
         from alae_ray.data import level_dataset
         from alae_ray.data.ray_reader import segments_dataset
 

@@ -54,7 +54,7 @@ def ray_run(overrides, data, kimg, tick, workers, cpus, tmp) -> float:
 
 
 def main() -> None:
-    from alae_ray.train.run import EMBEDDED_COUNT, embedded_dataset
+    from alae_ray.infra.datasets import EMBEDDED_COUNT, embedded_dataset
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--levels", type=int, nargs="+", default=[0, 2, 3])

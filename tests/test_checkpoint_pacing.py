@@ -2,7 +2,7 @@
 
 import pytest
 
-from alae_ray.train.checkpoints import CheckpointPacer
+from alae_ray.core.pacing import CheckpointPacer
 
 
 def test_a_fixed_interval_ignores_the_cost():

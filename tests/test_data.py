@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 import zlib
 from pathlib import Path
 
@@ -17,9 +16,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from alae_ray.cli import main
-from alae_ray.data import (DatasetError, PrepareOptions, iter_level_batches, open_dataset, open_source, prepare,
-                           read_level_numpy, to_tensor_batch, verify)
-from alae_ray.data import synthetic
+from alae_ray.data import (
+    DatasetError,
+    PrepareOptions,
+    iter_level_batches,
+    open_dataset,
+    open_source,
+    prepare,
+    read_level_numpy,
+    synthetic,
+    to_tensor_batch,
+    verify,
+)
 from alae_ray.data.idx import load_mnist
 from alae_ray.data.images import pyramid
 from alae_ray.data.storage import resolve
@@ -222,16 +230,27 @@ class Interrupt(Exception):
     pass
 
 
-def _mtimes(uri: str) -> dict[str, float]:
-    import pyarrow.fs as pafs
+def _shard_versions(endpoint: str, uri: str) -> dict[str, list[str]]:
+    """The S3 version ids of each shard under ``uri`` (the bucket keeps every write: a rewrite of a
+    shard shows as a second version, with no clock involved)."""
+    import boto3
 
-    loc = resolve(uri)
-    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
-    return {i.path[len(loc.path) + 1:]: i.mtime.timestamp() for i in infos if i.path.endswith(".parquet")}
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    versions: dict[str, list[str]] = {}
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        for v in page.get("Versions", []):
+            if v["Key"].endswith(".parquet"):
+                versions.setdefault(v["Key"][len(prefix) + 1:], []).append(v["VersionId"])
+    return versions
 
 
 @pytest.mark.e2e
-def test_interrupted_prepare_resumes_without_rewriting(s3_bucket, shared_data):
+def test_interrupted_prepare_resumes_without_rewriting(s3_server, s3_bucket, shared_data):
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_server).put_bucket_versioning(
+        Bucket=s3_bucket.removeprefix("s3://"), VersioningConfiguration={"Status": "Enabled"})
     src = open_source(str(shared_data / "faces128"), resolution=16)
     opts = PrepareOptions(progress=False, shard_rows=16)
     uri = f"{s3_bucket}/resumed"
@@ -246,15 +265,14 @@ def test_interrupted_prepare_resumes_without_rewriting(s3_bucket, shared_data):
         prepare(src, uri, opts, on_shard=fail_after_4)
     with pytest.raises(DatasetError, match="no manifest.json"):
         open_dataset(uri)  # a half-written dataset is never taken for a finished one
-    before = _mtimes(uri)
+    before = _shard_versions(s3_server, uri)
     assert sorted(before) == sorted(written) and len(before) == 4
-    time.sleep(1.1)  # S3 modification times have one-second resolution
     rewritten: list[str] = []
     m = prepare(src, uri, opts, on_shard=rewritten.append)
     assert not set(rewritten) & set(written)
-    after = _mtimes(uri)
-    assert all(after[p] == before[p] for p in before)
-    assert all(after[p] > max(before.values()) for p in rewritten)
+    after = _shard_versions(s3_server, uri)
+    assert all(after[p] == before[p] for p in before)  # the same single version: never written again
+    assert all(len(after[p]) == 1 for p in rewritten)
     assert len(m.shards) == len(written) + len(rewritten) == len(after)
     fresh = prepare(src, f"{s3_bucket}/straight", opts)  # the same dataset, uninterrupted
     assert [(s.path, s.sha256) for s in m.shards] == [(s.path, s.sha256) for s in fresh.shards]

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from alae_ray.data import DatasetError, PrepareOptions, open_dataset, open_source, prepare, read_level_numpy, to_tensor_batch
+from alae_ray.data import (
+    DatasetError,
+    PrepareOptions,
+    open_dataset,
+    open_source,
+    prepare,
+    read_level_numpy,
+    to_tensor_batch,
+)
 from alae_ray.data.storage import resolve
 
 pytestmark = pytest.mark.ray

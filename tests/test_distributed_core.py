@@ -12,7 +12,6 @@ exact arithmetic (a per-channel bias just before an instance norm) gets rounding
 which Adam normalises into a step of about lr in a random direction, on either run.
 """
 
-import os
 import socket
 
 import pytest

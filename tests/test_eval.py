@@ -15,9 +15,15 @@ import pytest
 import scipy.linalg
 import torch
 
-from alae_ray.eval.frechet import (FeatureSums, feature_statistics, fid_to_statistics, frechet_distance,
-                                   frechet_distance_to_features, merge_sums)
 from alae_ray.eval.ppl import filtered_mean, perceptual_path_length, slerp
+from alae_ray.metrics.frechet import (
+    FeatureSums,
+    feature_statistics,
+    fid_to_statistics,
+    frechet_distance,
+    frechet_distance_to_features,
+    merge_sums,
+)
 
 torch.set_num_threads(2)
 
@@ -172,7 +178,7 @@ def test_slerp_endpoints_and_filtered_mean():
 
 
 def test_lpips_loads_from_the_hub_cache_and_is_a_distance(torch_home):
-    from alae_ray.eval.networks import load_lpips
+    from alae_ray.metrics.networks import load_lpips
 
     lp = load_lpips()
     g = torch.Generator().manual_seed(0)
@@ -189,7 +195,7 @@ def test_lpips_matches_the_reference_package_when_installed(torch_home):
     import lpips as lpips_pkg  # the reference implementation (test extra)
     import torchvision
 
-    from alae_ray.eval.networks import LPIPS
+    from alae_ray.metrics.networks import LPIPS
 
     ref = lpips_pkg.LPIPS(net="vgg", pnet_rand=True, verbose=False).eval()
     feats = torchvision.models.vgg16(weights=None).features
@@ -204,7 +210,7 @@ def test_lpips_matches_the_reference_package_when_installed(torch_home):
 
 
 def test_local_weight_files_and_missing_ones(torch_home, monkeypatch):
-    from alae_ray.eval.networks import INCEPTION_FILE, load_inception, state_fingerprint
+    from alae_ray.metrics.networks import INCEPTION_FILE, load_inception, state_fingerprint
 
     path = torch_home / "hub" / "checkpoints" / INCEPTION_FILE
     a = load_inception(weights=path)
@@ -219,7 +225,7 @@ def test_local_weight_files_and_missing_ones(torch_home, monkeypatch):
 def test_weights_that_cannot_be_downloaded_are_one_clear_error(kind, tmp_path, monkeypatch):
     import pytorch_fid.inception
 
-    from alae_ray.eval import networks
+    from alae_ray.metrics import networks
 
     refused = "http://127.0.0.1:9/weights.pth"  # the discard port: nothing listens, the connection is refused
     monkeypatch.setattr(pytorch_fid.inception, "FID_WEIGHTS_URL", refused)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from alae_ray.eval.frechet import fid_to_statistics
+from alae_ray.metrics.frechet import fid_to_statistics
 
 pytestmark = pytest.mark.ray
 torch.set_num_threads(2)
@@ -47,8 +47,8 @@ def tiny_checkpoint(tmp_path_factory, train_checkpoint):
 def test_distributed_and_single_process_fid_agree(ray_cluster, torch_home, tiny_checkpoint):
     from alae_ray.eval.distributed import RayRunner
     from alae_ray.eval.metrics import LocalRunner
-    from alae_ray.eval.networks import resolve_weight_file
     from alae_ray.eval.sampling import open_image_model
+    from alae_ray.metrics.networks import resolve_weight_file
 
     im = open_image_model(tiny_checkpoint, level=1)  # 8x8 images: cheap to generate
     local = LocalRunner(im)

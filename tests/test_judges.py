@@ -4,8 +4,8 @@ blind guess, and known distortions (a shift, a hue rotation, a turn, a resize) g
 from __future__ import annotations
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from alae_ray.judges.shapes import ShapeClassifier, judge, measure
 

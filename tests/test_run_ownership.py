@@ -13,8 +13,13 @@ import time
 
 import pytest
 
-from alae_ray.train.ownership import (DEFINITION_FILE, LEASE_FILE, RunConflict, RunDefinition, RunLease,
-                                      check_definition, record_definition)
+from alae_ray.train.ownership import (
+    DEFINITION_FILE,
+    LEASE_FILE,
+    RunConflict,
+    RunLease,
+    record_definition,
+)
 
 SMALL = ["model.max_resolution=8", "schedule.batch={4: 16}"]
 
@@ -167,8 +172,9 @@ def test_a_lapsed_lease_or_a_dead_owner_on_this_host_frees_the_run(run_dir):
 
 def test_samples_that_fail_after_a_checkpoint_are_warnings(tmp_path):
     """A real failure (the artifacts folder is a file): each try is a warning, none raises."""
-    from alae_ray.train.artifacts import attempt, save_grid
     import torch
+
+    from alae_ray.train.artifacts import attempt, save_grid
 
     blocked = tmp_path / "artifacts"
     blocked.write_text("a file where the folder should be")

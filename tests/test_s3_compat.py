@@ -46,8 +46,8 @@ def test_a_run_directory_on_s3_serves_its_newest_checkpoint(server, request, tmp
     not downloaded wholesale) and say which."""
     import alae_ray
     from alae_ray.data.storage import resolve
+    from alae_ray.infra.checkpoints import locate_checkpoint
     from alae_ray.serve.cli import precheck
-    from alae_ray.train.checkpoints import locate_checkpoint
 
     run = tmp_path / "run"
     train_checkpoint(run / "checkpoint_2026-01-01_00-00-00.000000", kimg=0.064)

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from test_serve_http import start_ray
+from helpers import start_private_ray
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -29,14 +29,15 @@ def ui_server(tmp_path_factory, train_checkpoint):
     import ray
     from ray import serve
 
-    from alae_ray.serve.app import ServeArgs, build_app
+    from alae_ray.serve.app import ServeArgs
+    from apps.gradio_app import build_app
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
     ckpt = train_checkpoint(tmp_path_factory.mktemp("ui-ckpt") / "tiny", kimg=0.2, seed=4, data_seed=1)
 
     temp = tempfile.mkdtemp(prefix="ray-ui-", dir="/tmp")
-    start_ray(temp)
+    start_private_ray(temp)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

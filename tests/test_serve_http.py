@@ -20,9 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
+from helpers import bad_uploads, gradient, png_bytes, start_private_ray, variants
 from PIL import Image
-
-from test_serve_units import bad_uploads, gradient, png_bytes, variants
 
 pytestmark = pytest.mark.ray
 
@@ -56,30 +55,17 @@ def checkpoints(tmp_path_factory, s3_bucket_factory, train_checkpoint):
     return {"local": str(local), "s3": s3, "bad": str(bad)}
 
 
-def start_ray(temp: str) -> None:
-    """A private local Ray; one retry, because on a loaded machine the raylet can miss Ray's fixed 30 s."""
-    import ray
-
-    for attempt in range(2):
-        try:
-            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
-            return
-        except Exception as exc:
-            ray.shutdown()
-            if attempt or "timed out during startup" not in str(exc):
-                raise
-
-
 @pytest.fixture(scope="module")
 def server(checkpoints, s3_server):
     """Base URL of the application (API and UI) on 127.0.0.1; the S3 environment reaches the replicas."""
     import ray
     from ray import serve
 
-    from alae_ray.serve.app import ServeArgs, build_app
+    from alae_ray.serve.app import ServeArgs
+    from apps.gradio_app import build_app
 
     temp = tempfile.mkdtemp(prefix="ray-srv-", dir="/tmp")  # short: Ray's socket paths must fit
-    start_ray(temp)
+    start_private_ray(temp)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(ServeArgs(checkpoint=checkpoints["local"], batch_wait_timeout_s=0.05, lpips=False,

@@ -1,93 +1,33 @@
 """Serving without Ray: upload decoding and validation, style ranges, JSON values, the engine, the service.
 
-The byte builders here (``png_bytes``, ``raw_png``, ...) are also used by the HTTP tests.
+The byte builders (``png_bytes``, ``raw_png``, ...) are in helpers.py, shared with the HTTP tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 import torch
+from helpers import bad_uploads, gradient, png_bytes, variants
 from PIL import Image
 
-from alae_ray.serve.inputs import (InputError, Limits, decode_image, encode_png, fit_square, parse_json, parse_psi,
-                                   parse_seed, parse_w, strip, style_grid)
+from alae_ray.serve.inputs import (
+    InputError,
+    Limits,
+    decode_image,
+    encode_png,
+    fit_square,
+    parse_json,
+    parse_psi,
+    parse_seed,
+    parse_w,
+    strip,
+    style_grid,
+)
 from alae_ray.serve.styles import band_layers, describe_bands, parse_layers
-
-# --- byte builders -----------------------------------------------------------------------------
-
-
-def png_bytes(im: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def raw_png(arr: np.ndarray | None, bit_depth: int, color_type: int, size: tuple[int, int] | None = None) -> bytes:
-    """A PNG written by hand: any bit depth / colour type Pillow cannot write, or a lying header.
-
-    ``arr`` [H, W, C] (or None with ``size`` = (W, H) for a header with no pixel data).
-    """
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    if arr is None:
-        w, h = size
-        idat = zlib.compress(b"")
-    else:
-        h, w = arr.shape[:2]
-        rows = arr.astype(">u2" if bit_depth == 16 else "u1").reshape(h, -1)
-        idat = zlib.compress(b"".join(b"\x00" + r.tobytes() for r in rows))
-    ihdr = struct.pack(">IIBBBBB", w, h, bit_depth, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-def gradient(w: int = 48, h: int = 48) -> np.ndarray:
-    """uint8 [H, W, 3] with distinct content everywhere (crops and resizes are visible)."""
-    y, x = np.mgrid[0:h, 0:w]
-    return np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) % 256], -1).astype(np.uint8)
-
-
-def variants() -> dict[str, bytes]:
-    """The colour/bit-depth cases that must be accepted and converted to 8-bit RGB."""
-    rgb = gradient()
-    rgba = np.concatenate([rgb, np.full((48, 48, 1), 128, np.uint8)], -1)
-    return {
-        "rgb_png": png_bytes(Image.fromarray(rgb)),
-        "jpeg": png_bytes(Image.fromarray(rgb), "JPEG"),
-        "cmyk_jpeg": png_bytes(Image.fromarray(rgb).convert("CMYK"), "JPEG"),
-        "gray8": png_bytes(Image.fromarray(rgb[..., 0])),
-        "gray16": png_bytes(Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)),
-        "rgb16": raw_png(rgb.astype(np.uint16) * 257, 16, 2),
-        "rgba": png_bytes(Image.fromarray(rgba, "RGBA")),
-        "rgba16": raw_png(rgba.astype(np.uint16) * 257, 16, 6),
-        "gray_alpha": png_bytes(Image.fromarray(rgba[..., [0, 3]], "LA")),
-        "palette": png_bytes(Image.fromarray(rgb).convert("P")),
-        "webp": png_bytes(Image.fromarray(rgb), "WEBP"),
-        "non_square": png_bytes(Image.fromarray(gradient(80, 40))),
-    }
-
-
-def bad_uploads() -> dict[str, tuple[bytes, int]]:
-    """Uploads that must be refused: (bytes, expected status) under the default limits."""
-    good_png = png_bytes(Image.fromarray(gradient(64, 64)))
-    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
-    good_jpeg = png_bytes(Image.fromarray(noise), "JPEG")  # mostly scan data: half of it cuts the scan
-    return {
-        "not_an_image": (b"this is not an image, just text\n" * 4, 415),
-        "empty": (b"", 400),
-        "truncated_png": (good_png[: len(good_png) // 2], 400),
-        "truncated_jpeg": (good_jpeg[: len(good_jpeg) // 2], 400),
-        "bomb_declared": (raw_png(None, 8, 2, size=(5000, 5000)), 413),  # under Pillow's own bomb limit
-        "bomb_huge": (raw_png(None, 8, 2, size=(100_000, 100_000)), 413),  # Pillow refuses it at open
-        "html": (b"<html><body>hi</body></html>", 415),
-    }
-
 
 # --- images ------------------------------------------------------------------------------------
 
@@ -381,8 +321,8 @@ def test_refinement_adds_lpips_when_its_weights_are_local(tiny_checkpoint, tmp_p
 def test_the_ui_shows_refusals_as_messages_and_deletes_its_cache(engine, tmp_path):
     import gradio as gr
 
-    from apps.gradio_app import CACHE_MAX_AGE_S, Examples, _shown, build_ui
     from alae_ray.serve.service import Overloaded, Service
+    from apps.gradio_app import CACHE_MAX_AGE_S, Examples, _shown, build_ui
 
     async def busy():
         raise Overloaded("the model is busy")
@@ -432,12 +372,18 @@ def test_serve_yaml_builds_with_typed_args():
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve.schema import ServeDeploySchema
 
-    from alae_ray.serve.app import ServeArgs, build_app
+    from alae_ray.serve import app as api_only
+    from alae_ray.serve.app import ServeArgs
+    from apps.gradio_app import build_app
 
     conf = ServeDeploySchema.model_validate(yaml.safe_load((Path(__file__).parents[1] / "deploy" / "serve.yaml").read_text()))
     assert conf.http_options.host == "127.0.0.1"
     app = conf.applications[0]
-    assert app.import_path == "alae_ray.serve.app:build_app"
+    assert app.import_path == "apps.gradio_app:build_app" == api_only.UI_APP
+    # the API-only builder refuses to drop the UI silently, and builds with ui false
+    with pytest.raises(ValueError, match="deploy apps.gradio_app:build_app for the UI"):
+        api_only.build_app(app.args)
+    assert type(api_only.build_app({**app.args, "ui": False})).__name__ == "Application"
     assert type(call_user_app_builder_with_args_if_necessary(build_app, app.args)).__name__ == "Application"
     for bad in ({"max_batch_images": "lots"}, {"max_batch_images": 0}, {"max_concurrent_refines": 0},
                 {"max_queued_requests": 0}, {"chekpoint": "x"}):

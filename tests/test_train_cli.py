@@ -82,7 +82,7 @@ class Hold:  # another job's actor holding one of the two CPUs
 hold = Hold.remote()
 ray.get(hold.ping.remote())
 from alae_ray.train.run import TrainOptions, run
-from alae_ray.train.watchdog import StallError
+from alae_ray.infra.board import StallError
 
 try:
     run(TrainOptions(data=sys.argv[1], storage=sys.argv[2], max_kimg=0.064, stall_timeout_s=20, console=False))
@@ -114,7 +114,7 @@ def test_a_starved_run_stops_and_says_what_it_waited_for(tmp_path):
 
 
 def test_local_paths_on_a_cluster_of_several_machines_are_warned_about():
-    from alae_ray.train.watchdog import local_paths_warning
+    from alae_ray.infra.ray_session import local_paths_warning
 
     paths = {"--data": "/home/me/data", "--storage": "/home/me/runs"}
     assert local_paths_warning(paths, set()) is None  # one machine: its disk is everyone's

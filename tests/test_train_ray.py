@@ -145,7 +145,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, shapes_local):
 def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, shapes_local, capfd):
     """The newest checkpoint truncated (a partial copy, a disk error): the same command resumes from
     the one before it, saying so, instead of failing until max_failures runs out."""
-    from alae_ray.train.checkpoints import run_checkpoints
+    from alae_ray.infra.checkpoints import run_checkpoints
     from alae_ray.train.ownership import DEFINITION_FILE, LEASE_FILE
     from alae_ray.train.run import run
 
@@ -202,8 +202,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, shapes_lo
 
 
 def test_more_workers_than_cpus_is_refused_before_anything_starts(tmp_path, shapes_local):
+    from alae_ray.infra.ray_session import PreflightError
     from alae_ray.train.run import run
-    from alae_ray.train.watchdog import PreflightError
 
     # ray_local has 4 CPUs: 4 workers + 1 CPU for Ray Data's reading do not fit
     with pytest.raises(PreflightError, match=r"4 worker\(s\) x 1 CPU \+ 1 CPU .* = 5 CPUs: 5 CPUs but the cluster "
@@ -246,7 +246,7 @@ def test_fine_tuning_starts_from_an_imported_authors_model(tmp_path, shared_data
 
 
 def test_checkpoints_are_judged_while_training_goes_on_and_the_best_is_kept(tmp_path, shapes_local, capfd):
-    from alae_ray.train.checkpoints import run_checkpoints
+    from alae_ray.infra.checkpoints import run_checkpoints
     from alae_ray.train.run import run
 
     summary = run(options(tmp_path, data=shapes_local, max_kimg=0.24, keep=1, keep_best="val_position_px",
@@ -268,8 +268,8 @@ def test_a_failing_validation_is_posted_and_raised_with_its_checkpoint(tmp_path,
     import ray
     import ray.train
 
+    from alae_ray.infra.board import new_board
     from alae_ray.train.validation import validate
-    from alae_ray.train.watchdog import new_board
 
     board, name = new_board()
     broken = tmp_path / "checkpoint_broken"

@@ -237,7 +237,7 @@ def test_sanitize():
 
 
 def test_concurrency_fits_the_cluster():
-    from alae_ray.train.watchdog import PreflightError
+    from alae_ray.infra.ray_session import PreflightError
     from alae_ray.tune.runner import fit_concurrency
 
     plan = plan_sweep(parse_sweep({**BASE, "search": {"max_concurrent_trials": 2},
@@ -316,9 +316,7 @@ def test_pbt_keeps_perturbed_values_in_the_declared_space():
 def test_check_writes_nothing_and_makes_no_data(tmp_path, capsys, monkeypatch):
     """--check of a sweep on the embedded dataset neither records the experiment (a later
     --no-resume would be refused) nor generates the dataset (minutes at 1024 px)."""
-    import alae_ray.train.run as run
-
-    monkeypatch.setattr(run, "DEFAULT_CACHE", tmp_path / "cache")
+    monkeypatch.setenv("ALAE_RAY_CACHE", str(tmp_path / "cache"))
     rc = main(["tune", "--sweep", write(tmp_path, BASE), "--check", "--storage", str(tmp_path / "runs")])
     out = capsys.readouterr().out
     assert rc == 0 and "the embedded procedural dataset (made at the first run): OK" in out, out

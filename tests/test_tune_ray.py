@@ -421,7 +421,7 @@ def test_pbt_values_stay_in_the_declared_space(pbt_sweep):
 
 
 def test_pbt_preflight_refuses_a_population_that_cannot_train_here(ray_local, shapes32, tmp_path):
-    from alae_ray.train.watchdog import PreflightError
+    from alae_ray.infra.ray_session import PreflightError
 
     path = write_sweep(tmp_path / "big.yaml", name="big", space=PBT_SPACE, search={"num_samples": 4},
                        overrides={"schedule.stable_kimg": 0.064, "schedule.fade_kimg": 0.064},

@@ -7,9 +7,9 @@ years). Per-level tables are keyed by resolution (``{4: 512, 8: 256}``), never b
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
-import collections.abc
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +121,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return _build(tp, value, where)
+        return build_dataclass(tp, value, where)
     if origin in (collections.abc.Mapping, dict) or tp in (Mapping, dict):
         kt, vt = typing.get_args(tp) or (Any, Any)
         if not isinstance(value, Mapping):
@@ -150,7 +150,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _build(cls, data: Mapping[str, Any], where: str):
+def build_dataclass(cls, data: Mapping[str, Any], where: str):
+    """``cls(**data)`` with each value coerced to its field's type; ConfigError naming ``where.key``
+    for an unknown key or a value of the wrong type."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -199,10 +201,11 @@ def validate(cfg: Config) -> Config:
 
 
 def from_dict(data: Mapping[str, Any]) -> Config:
-    return validate(_build(Config, data, ""))
+    return validate(build_dataclass(Config, data, ""))
 
 
-def _set_dotted(data: dict, key: str, value: Any) -> None:
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """``data[a][b] = value`` for the override key ``a.b`` (tables merge)."""
     parts = key.split(".")
     node = data
     for p in parts[:-1]:
@@ -248,7 +251,7 @@ def load_config(preset: str | Path | Config = "tiny", overrides: list[str] | Map
     data = preset.to_dict() if isinstance(preset, Config) else load_preset_dict(preset)
     items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
     for key, value in items:
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
     return from_dict(data)
 
 

@@ -14,9 +14,16 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+
+def cache_dir(*parts: str) -> Path:
+    """The local cache (``ALAE_RAY_CACHE``, default ``~/.cache/alae-ray``), read at each call so a
+    test or a user can point it elsewhere."""
+    return Path(os.environ.get("ALAE_RAY_CACHE", Path.home() / ".cache" / "alae-ray")).joinpath(*parts)
 
 
 class DatasetError(ValueError):

@@ -27,7 +27,7 @@ RANGES = {"shape": (0, len(SHAPES)), "scale": (0.15, 0.35), "rotation": (0.0, 2 
           "pos_x": (0.3, 0.7), "pos_y": (0.3, 0.7), "hue": (0.0, 1.0)}
 
 
-def _outline(shape: int) -> np.ndarray:
+def outline(shape: int) -> np.ndarray:
     """Unit outline of a shape as [K, 2] points (radius about 1)."""
     if shape == 0:
         t = np.pi / 4 + np.arange(4) * np.pi / 2
@@ -58,7 +58,7 @@ def render(factors: dict[str, float], resolution: int) -> np.ndarray:
     """uint8 [3, R, R] image of one item."""
     ss = max(1, min(4, 1024 // resolution))  # supersampling factor, bounded canvas size
     size = resolution * ss
-    pts = _outline(int(factors["shape"]))
+    pts = outline(int(factors["shape"]))
     c, s = np.cos(factors["rotation"]), np.sin(factors["rotation"])
     pts = pts @ np.array([[c, s], [-s, c]])
     pts = pts * factors["scale"] * size + np.array([factors["pos_x"], factors["pos_y"]]) * size

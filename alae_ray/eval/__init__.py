@@ -4,7 +4,7 @@ Importing this package imports neither Ray nor the feature networks; ``alae_ray.
 is the only module that imports Ray.
 """
 
-from .frechet import FeatureSums, feature_statistics, frechet_distance, frechet_distance_to_features
+from ..metrics.frechet import FeatureSums, feature_statistics, frechet_distance, frechet_distance_to_features
 from .ppl import filtered_mean, lerp, perceptual_path_length, slerp
 from .real_images import iter_real_images
 

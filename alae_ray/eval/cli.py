@@ -122,7 +122,7 @@ def _digits_rows(args, im) -> list[dict]:
 def cmd_eval(args) -> int:
     import torch
 
-    from ..train.checkpoints import locate_checkpoint
+    from ..infra.checkpoints import locate_checkpoint
     from .metrics import METRICS, EvalOptions, LocalRunner
     from .sampling import open_image_model
 
@@ -143,9 +143,9 @@ def cmd_eval(args) -> int:
     feature_metrics = [m for m in metrics if m in METRICS]
     runner = None
     if feature_metrics and args.ray:
-        from ..train.watchdog import start_ray
+        from ..infra.ray_session import start_ray
+        from ..metrics.networks import resolve_weight_file
         from .distributed import RayRunner
-        from .networks import resolve_weight_file
 
         needs_fid = any(m.startswith("fid") for m in feature_metrics)
         needs_lpips = any(m.startswith(("ppl", "lpips")) for m in feature_metrics)

@@ -13,7 +13,7 @@ import numpy as np
 import ray
 from ray.util import ActorPool
 
-from .frechet import FeatureSums, merge_sums
+from ..metrics.frechet import FeatureSums, merge_sums
 from .ppl import PPLResult, summarize
 from .sampling import ImageModel, chunks, open_image_model
 

@@ -16,8 +16,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .frechet import FeatureSums, fid_to_statistics, load_statistics, merge_sums, save_statistics
-from .networks import inception_features
+from ..metrics.frechet import FeatureSums, fid_to_statistics, load_statistics, merge_sums, save_statistics
+from ..metrics.networks import inception_features
 from .ppl import PPLResult, chunk_distances, summarize
 from .real_images import dataset_identity, iter_real_uint8, uint8_to_float
 from .sampling import ImageModel, chunk_latents, chunks, match_channels
@@ -59,7 +59,7 @@ class LocalRunner:
     @property
     def inception(self):
         if self._inception is None:
-            from .networks import load_inception
+            from ..metrics.networks import load_inception
 
             self._inception = load_inception(self.im.device, self.weights[0])
         return self._inception
@@ -67,13 +67,13 @@ class LocalRunner:
     @property
     def lpips(self):
         if self._lpips is None:
-            from .networks import load_lpips
+            from ..metrics.networks import load_lpips
 
             self._lpips = load_lpips(self.im.device, self.weights[1], self.weights[2])
         return self._lpips
 
     def inception_fingerprint(self) -> str:
-        from .networks import state_fingerprint
+        from ..metrics.networks import state_fingerprint
 
         return state_fingerprint(self.inception)
 

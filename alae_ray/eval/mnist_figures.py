@@ -67,13 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--out", required=True, help="folder for the PNGs")
     args = p.parse_args(argv)
-    import alae_ray
-
+    from ..api import load
     from ..data.idx import load_mnist
     from .mnist_models import load_plain_autoencoder
 
     images, _ = load_mnist(args.data, args.split)
-    alae = alae_ray.load(args.alae, device="cpu")
+    alae = load(args.alae, device="cpu")
     ae = load_plain_autoencoder(args.ae)
     out = Path(args.out)
     rec = _save(reconstructions(alae, ae, images[:args.count]), out / "mnist_reconstructions.png", args.count)

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
               "(the MLP one: alae_ray.eval.mnist_models)", file=sys.stderr)
         return 2
     if args.data is None:
-        from ..train.run import embedded_dataset
+        from ..infra.datasets import embedded_dataset
 
         args.data = embedded_dataset(cfg.model.max_resolution)
     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .networks import INCEPTION_FILE, LPIPS_CHANNELS, LPIPS_FILE, VGG16_FILE
+from ..metrics.networks import INCEPTION_FILE, LPIPS_CHANNELS, LPIPS_FILE, VGG16_FILE
 
 
 def random_fid_inception(seed: int = 0) -> nn.Module:
@@ -43,7 +43,7 @@ def random_fid_inception(seed: int = 0) -> nn.Module:
 
 def random_vgg16_features(seed: int = 0) -> dict[str, torch.Tensor]:
     """A torchvision VGG16 state dict, ``features.*`` only (LPIPS reads nothing else)."""
-    from .networks import vgg16_features
+    from ..metrics.networks import vgg16_features
 
     torch.manual_seed(seed)
     return {f"features.{k}": v for k, v in vgg16_features().state_dict().items()}

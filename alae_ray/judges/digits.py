@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from ..data.idx import load_mnist
+from ..data.storage import cache_dir
 
 RESOLUTION = 32
 JUDGED = slice(8000, 10000)  # of t10k
@@ -48,7 +48,7 @@ Generate = Callable[[int], np.ndarray]  # n -> uint8 [n, 1, 32, 32]
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("ALAE_RAY_CACHE", Path.home() / ".cache" / "alae-ray")) / "judges"
+    return cache_dir("judges")
 
 
 def to_judged(images: np.ndarray) -> np.ndarray:
@@ -217,7 +217,7 @@ class DigitsJudgement:
 
 
 def _frechet(a: np.ndarray, b: np.ndarray) -> float:
-    from ..eval.frechet import feature_statistics, frechet_distance
+    from ..metrics.frechet import feature_statistics, frechet_distance
 
     return frechet_distance(*feature_statistics(a), *feature_statistics(b))
 

@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..data.synthetic import RANGES, SHAPES, _outline, generate
+from ..data.synthetic import RANGES, SHAPES, generate, outline
 
 HELD_OUT_START = 10**9  # item indices of judged items; datasets use 0..count-1
 FIT_START = HELD_OUT_START + 10**7  # item indices of the class means' renders
@@ -41,7 +41,7 @@ def _area(points: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
-UNIT_AREA = np.array([_area(_outline(k)) for k in range(len(SHAPES))])  # area of each outline at scale 1
+UNIT_AREA = np.array([_area(outline(k)) for k in range(len(SHAPES))])  # area of each outline at scale 1
 
 
 @dataclass

@@ -6,7 +6,9 @@ never lets more than that many requests into a replica and so a batch could neve
 Refinements (long optimisations) run on threads of their own, at most ``max_concurrent_refines``
 per replica, on slots added to the batched calls' ones; beyond that they are refused at once.
 ``Gateway`` decodes and validates uploads (CPU work that scales with its own replicas), calls the
-model through a DeploymentHandle, and serves the API plus the Gradio UI from one ASGI app.
+model through a DeploymentHandle, and serves the API, plus a UI when the builder is given one: the
+Gradio UI is composed on top (``apps.gradio_app:build_app``, what deploy/serve.yaml and ``alae-ray
+serve`` deploy), so this layer never imports it.
 A gateway queues at most ``max_queued_requests`` calls for busy model replicas: overload answers 503.
 """
 
@@ -19,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from typing import Any, Awaitable, Callable, Optional
 
 import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
@@ -34,6 +36,9 @@ from .service import RETRY_AFTER_S, Overloaded, Service
 
 log = logging.getLogger("alae_ray.serve")
 UI_PATH = "/ui"
+UI_APP = "apps.gradio_app:build_app"  # the application with the Gradio UI, by import path (it is a layer above)
+# A UI on top of the gateway: (the gateway's ASGI app, its Service, the path to mount at) -> the ASGI app.
+MountUI = Callable[[Any, Service, str], Awaitable[Any]]
 
 
 PROGRESS_EVERY_S = 0.25  # refinement progress events: often enough for a bar, few enough for the handle
@@ -259,11 +264,11 @@ class HandleBackend:
 @serve.deployment
 @serve.ingress()
 class Gateway:
-    async def __init__(self, model: DeploymentHandle, args: ServeArgs):
+    async def __init__(self, model: DeploymentHandle, args: ServeArgs, ui: MountUI | None = None):
         self.model = model
         self.info = await model.info.remote()
         self.service = Service(HandleBackend(model, args.max_batch_images), self.info, args.limits())
-        self.ui = args.ui
+        self.ui = ui
 
     async def _stats(self) -> dict:
         with _queue_full():
@@ -271,25 +276,18 @@ class Gateway:
 
     async def __serve_build_asgi_app__(self):
         app = build_api(self.service, stats=self._stats, ui_path=UI_PATH if self.ui else None)
-        if not self.ui:
-            return app
-        import gradio as gr  # only replicas that serve the UI pay for importing Gradio
-
-        from apps.gradio_app import build_ui, example_images
-
-        examples = await example_images(self.service)
-        blocks = build_ui(self.service, examples)
-        # root_path: without it the files an example puts into an input are linked without /ui (a 404:
-        # the input showed a broken image while the model got the file)
-        return gr.mount_gradio_app(app, blocks, path=UI_PATH, root_path=UI_PATH,
-                                   max_file_size=self.service.limits.max_upload_bytes,
-                                   allowed_paths=[examples.directory])
+        return app if self.ui is None else await self.ui(app, self.service, UI_PATH)
 
 
-def build_app(args: ServeArgs):
-    """The application: ``serve run alae_ray.serve.app:build_app checkpoint=...`` or deploy/serve.yaml."""
+def build_app(args: ServeArgs, ui: MountUI | None = None):
+    """The application with the API alone (``serve run alae_ray.serve.app:build_app checkpoint=... ui=false``);
+    ``ui`` mounts a UI on the gateway's app. With ``args.ui`` and no ``ui`` it refuses, naming the
+    builder that has one, rather than silently serving no UI."""
     if isinstance(args, dict):  # called from Python with a plain dict
         args = ServeArgs(**args)
+    if args.ui and ui is None:
+        raise ValueError(f"ui is true but alae_ray.serve.app:build_app serves the API alone; deploy "
+                         f"{UI_APP} for the UI, or set ui: false")
     model = ModelServer.options(
         num_replicas=args.model_replicas, max_ongoing_requests=args.ongoing(),
         max_queued_requests=args.max_queued_requests,
@@ -302,4 +300,4 @@ def build_app(args: ServeArgs):
     gateway = Gateway.options(num_replicas=args.gateway_replicas, max_ongoing_requests=gateway_slots,
                               max_queued_requests=gateway_slots, backpressure_config={"retry_after_s": RETRY_AFTER_S},
                               ray_actor_options={"num_cpus": GATEWAY_CPUS})
-    return gateway.bind(model, args)
+    return gateway.bind(model, args, ui if args.ui else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import re
@@ -15,7 +16,7 @@ def precheck(uri: str) -> str:
     """The checkpoint to serve: ``uri``, or its newest checkpoint if it is a run directory (said on
     stderr). Fails before Ray starts when it is missing or incomplete."""
     from ..core.checkpoint import CheckpointError
-    from ..train.checkpoints import checkpoint_info, locate_checkpoint
+    from ..infra.checkpoints import checkpoint_info, locate_checkpoint
 
     if "://" not in uri and not os.path.isdir(uri):
         raise FileNotFoundError(f"checkpoint {uri!r} not found")
@@ -77,13 +78,18 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def _import_attr(path: str):
+    """``module:attribute`` (an import path as in deploy/serve.yaml) -> the attribute."""
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def cmd_serve(args) -> int:
+    import ray
     from ray import serve
 
-    import ray
-
-    from ..train.watchdog import cluster_can_grow, require, start_ray
-    from .app import GATEWAY_CPUS, UI_PATH, build_app
+    from ..infra.ray_session import cluster_can_grow, require, start_ray
+    from .app import GATEWAY_CPUS, UI_APP, UI_PATH, build_app
 
     opts = serve_args(checkpoint=args.checkpoint, device=args.device, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
                       max_batch_images=args.max_batch_images, batch_wait_timeout_s=args.batch_wait_ms / 1000.0,
@@ -102,7 +108,9 @@ def cmd_serve(args) -> int:
             print(f"alae-ray serve: warning: {warning}", file=sys.stderr, flush=True)
         serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": args.request_timeout_s})
         try:
-            serve.run(build_app(opts), name="alae", route_prefix="/")
+            # the UI is a layer above serve: named by import path, as deploy/serve.yaml names it
+            builder = _import_attr(UI_APP) if opts.ui else build_app
+            serve.run(builder(opts), name="alae", route_prefix="/")
         except Exception as exc:  # a failed replica start arrives as a RuntimeError with its traceback
             print(f"alae-ray serve: error: the application failed to start: {startup_error('alae', exc)}",
                   file=sys.stderr)

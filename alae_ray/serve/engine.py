@@ -95,8 +95,8 @@ def open_engine(uri: str, *, device: str = "auto", level: int | None = None, lpi
 
 
 def local_lpips(device: torch.device) -> torch.nn.Module | None:
-    """LPIPS-VGG16 from local weight files (``alae_ray.eval.networks``'s places), else None."""
-    from alae_ray.eval.networks import find_weight_file, load_lpips
+    """LPIPS-VGG16 from local weight files (``alae_ray.metrics.networks``'s places), else None."""
+    from alae_ray.metrics.networks import find_weight_file, load_lpips
 
     vgg, linear = find_weight_file("vgg"), find_weight_file("lpips")
     return load_lpips(device, vgg, linear) if vgg and linear else None

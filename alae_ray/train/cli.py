@@ -6,9 +6,8 @@ import sys
 
 
 def cmd_train(args) -> int:
+    from ..infra.checkpoints import locate_checkpoint
     from .run import MAIN_PRESET, TrainOptions, dump_summary, format_summary, run
-
-    from .checkpoints import locate_checkpoint
 
     init = args.init and locate_checkpoint(args.init, "alae-ray train: --init")
     opts = TrainOptions(preset=args.preset or (None if args.init else MAIN_PRESET), overrides=args.set or [], data=args.data, storage=args.storage,

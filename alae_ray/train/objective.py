@@ -93,7 +93,7 @@ def generated_features(model, z: torch.Tensor, level: int, alpha: float,
 @torch.no_grad()
 def real_statistics(reals: torch.Tensor, features: Callable[[torch.Tensor], torch.Tensor],
                     batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    from ..eval.frechet import feature_statistics
+    from ..metrics.frechet import feature_statistics
 
     f = torch.cat([features(reals[i:i + batch]) for i in range(0, len(reals), batch)]).detach().double().cpu().numpy()
     return feature_statistics(f)
@@ -102,7 +102,7 @@ def real_statistics(reals: torch.Tensor, features: Callable[[torch.Tensor], torc
 def fid_objective(model, z: torch.Tensor, level: int, alpha: float, real_mu: np.ndarray, real_sigma: np.ndarray,
                   features: Callable[[torch.Tensor], torch.Tensor], batch: int = 64) -> dict[str, float]:
     """FID of generations from ``z`` against the held-out reals' statistics; lower is better."""
-    from ..eval.frechet import frechet_distance_to_features
+    from ..metrics.frechet import frechet_distance_to_features
 
     f = generated_features(model, z, level, alpha, features, batch)
     fid = frechet_distance_to_features(f, real_mu, real_sigma) if np.isfinite(f).all() else math.nan
@@ -137,7 +137,7 @@ class Evaluator:
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         if self._features is None:
-            from ..eval.networks import inception_features, load_inception
+            from ..metrics.networks import inception_features, load_inception
 
             net = load_inception(self.device, self.spec.get("inception_weights"))
             self._features = lambda x: inception_features(net, x)

@@ -15,23 +15,15 @@ from pathlib import Path
 
 from ..core.config import Config, ConfigError, load_config
 from ..core.schedule import micro_batch, per_worker_batch, stage_at, total_kimg
-from ..data import open_dataset, prepare, read_first_rows
-from ..data.prepare import PrepareOptions
+from ..data import open_dataset, read_first_rows
 from ..data.reader import check_level_schemas
-from ..data.sources import shapes_source
-from ..data.storage import DatasetError, resolve
-from .checkpoints import checkpoint_info
+from ..infra.board import fit_watched, new_board
+from ..infra.checkpoints import checkpoint_info
+from ..infra.datasets import EMBEDDED_COUNT, dataset_levels, embedded_for, storage_root
+from ..infra.ray_session import Needs, cluster_can_grow, local_paths_warning, other_node_ips, preflight, start_ray
 from .ownership import RunDefinition, RunLease, check_definition, record_definition
 from .validation import Validation, data_judge, judgement, ray_config, resolve_validation
-from .watchdog import (Needs, cluster_can_grow, fit_watched, local_paths_warning, new_board, other_node_ips, preflight,
-                       start_ray)
 
-DEFAULT_CACHE = Path(os.environ.get("ALAE_RAY_CACHE", Path.home() / ".cache" / "alae-ray"))
-
-
-# Images in the embedded procedural dataset (~3 s to generate, ~9 MB). Every epoch restarts Ray
-# Data's streaming split (1-6 s on a small machine), so epochs must not be short at 4x4.
-EMBEDDED_COUNT = 20_000
 MAIN_PRESET = "shapes"  # the preset of `alae-ray train` with no arguments (the README's main job)
 
 
@@ -74,37 +66,6 @@ class TrainOptions:
     keep_best: str | None = None  # Keep the best checkpoints by this validation metric (and the newest).
 
 
-def embedded_dataset(resolution: int, count: int = EMBEDDED_COUNT, seed: int = 0) -> str:
-    """The procedural dataset in the local cache, generated if missing (resumable)."""
-    dest = DEFAULT_CACHE / "datasets" / f"shapes-{resolution}px-{count}-seed{seed}"
-    if not (dest / "manifest.json").exists():
-        print(f"generating the embedded procedural dataset ({count} images, {resolution}px) at {dest}", flush=True)
-        prepare(shapes_source(count, resolution, seed), str(dest), PrepareOptions(seed=seed))
-    return str(dest)
-
-
-def _storage(uri: str):
-    """(storage_path, storage_filesystem) for RunConfig."""
-    if uri.startswith("s3://"):
-        loc = resolve(uri.rstrip("/"))
-        return loc.path, loc.fs
-    return str(Path(uri).expanduser().resolve()), None
-
-
-def _data_resolutions(cfg: Config, manifest) -> list[int]:
-    if cfg.model.kind == "mlp":
-        return manifest.resolutions[-1:]
-    need = [cfg.model.resolution(l) for l in range(cfg.model.level_of(cfg.schedule.start_resolution), cfg.model.num_levels)]
-    missing = [r for r in need if r not in manifest.resolutions]
-    if missing:
-        raise DatasetError(f"{manifest.uri}: has levels {manifest.resolutions} but preset {cfg.name!r} "
-                           f"needs {need} (missing {missing}); prepare it with --resolution {need[-1]}")
-    if manifest.channels != cfg.model.channels:
-        raise DatasetError(f"{manifest.uri}: {manifest.channels}-channel images, but the model expects "
-                           f"{cfg.model.channels} (set model.channels)")
-    return need
-
-
 @dataclass
 class Plan:
     """Everything checked and resolved before Ray starts, so bad input fails fast and clearly."""
@@ -141,14 +102,13 @@ def plan(opts: TrainOptions) -> Plan:
             raise ConfigError(f"{flag} must be > 0, got {kimg}")
     for b in cfg.schedule.batch.values():  # fail now, naming the batch, rather than inside a worker
         micro_batch(per_worker_batch(b, opts.workers), cfg.train.batch_gpu)
-    data = opts.data or embedded_dataset(cfg.model.max_resolution if cfg.model.kind == "style" else 32,
-                                         opts.shapes_count, cfg.train.seed)
+    data = opts.data or embedded_for(cfg, opts.shapes_count)
     manifest = open_dataset(data)
-    resolutions = _data_resolutions(cfg, manifest)
+    resolutions = dataset_levels(cfg, manifest)
     for r in resolutions:  # a wrong shard fails here, named, rather than inside a read task
         check_level_schemas(manifest, r)
     name = opts.name or cfg.name
-    storage_path, storage_fs = _storage(opts.storage)
+    storage_path, storage_fs = storage_root(opts.storage)
     if opts.artifacts:
         artifacts_dir = Path(opts.artifacts).resolve()
     elif storage_fs is None:

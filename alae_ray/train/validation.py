@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.config import Config, ConfigError
-from .watchdog import beat, logged, post, records
+from ..infra.board import beat, logged, post, records
 
 JUDGES = ("auto", "shapes", "digits", "off")
 

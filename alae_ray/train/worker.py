@@ -17,16 +17,16 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.distributed as dist
-
 import ray.data
 import ray.train
 import ray.train.torch
+import torch
+import torch.distributed as dist
 
 from ..core.checkpoint import read_checkpoint, state_digest, write_checkpoint
 from ..core.config import ModelConfig, from_dict
 from ..core.loop import Tick, train
+from ..core.pacing import AUTO_BUDGET, AUTO_MIN_KIMG, CheckpointPacer
 from ..core.phases import ALAEPhases, NonFiniteLossError, Shard
 from ..core.pixels import from_uint8, ingest
 from ..core.schedule import Stage
@@ -34,10 +34,9 @@ from ..data import stream
 from ..data.ray_reader import segments_dataset
 from ..data.reader import open_dataset
 from ..data.storage import DatasetError
-from .checkpoints import AUTO_BUDGET, AUTO_MIN_KIMG, CheckpointPacer
+from ..infra.board import beat
 from . import artifacts
 from .validation import ValidationLog
-from .watchdog import beat
 
 
 class ShardStream:
@@ -296,7 +295,7 @@ def _read_resumable(checkpoint, run_uri: str, device, board: str | None) -> tupl
     can read, with a warning on the console. Every rank takes the same one."""
     from ..core.checkpoint import CheckpointError
     from ..data.storage import resolve
-    from .checkpoints import run_checkpoints
+    from ..infra.checkpoints import run_checkpoints
 
     tried, errors = [], []
     candidate = checkpoint

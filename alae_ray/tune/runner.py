@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 
 from ..core.config import ConfigError
-from ..train.watchdog import PreflightError, cluster_can_grow, local_paths_warning, other_node_ips, start_ray
+from ..infra.ray_session import PreflightError, cluster_can_grow, local_paths_warning, other_node_ips, start_ray
 from .sweep import POPULATION, SweepPlan, load_sweep, param_space, parse_sweep, plan_sweep
 
 RESUME_MODES = ("auto", "always", "never")
@@ -180,11 +180,11 @@ def _check_data(plan: SweepPlan, data: str | None) -> None:
     """The dataset must have the levels the trials train (fails before Ray starts, naming the URI);
     None is the embedded dataset, made to fit."""
     from ..data import open_dataset
-    from ..train.run import _data_resolutions
+    from ..infra.datasets import dataset_levels
 
     cfg = plan.config({})
     if data is not None:
-        _data_resolutions(cfg, open_dataset(data))
+        dataset_levels(cfg, open_dataset(data))
     if plan.sweep.objective.kind == "shapes":
         from ..judges import shapes
 
@@ -198,13 +198,13 @@ def prepare_sweep(opts: TuneOptions, check_only: bool = False) -> tuple[SweepPla
     ``check_only`` (``tune --check``) writes nothing and generates no data: the embedded dataset
     (data None) is made for the preset's resolutions, so it always fits; a preset at 1024 px would
     spend many minutes making it."""
-    from ..train.run import _storage, embedded_dataset
+    from ..infra.datasets import embedded_for, storage_root
 
     if opts.resume not in RESUME_MODES:
         raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)}, got {opts.resume!r}")
     plan = plan_sweep(load_sweep(opts.sweep))
     name = opts.name or plan.sweep.name
-    storage_path, fs = _storage(opts.storage)
+    storage_path, fs = storage_root(opts.storage)
     store = _Store(f"{storage_path.rstrip('/')}/{name}", fs)
     meta_text = store.read("sweep.json")
     meta = json.loads(meta_text) if meta_text else None
@@ -224,8 +224,7 @@ def prepare_sweep(opts: TuneOptions, check_only: bool = False) -> tuple[SweepPla
         # run's definition); an experiment from before it was recorded used the default
         opts.shuffle_buffer = int(meta.get("shuffle_buffer", TuneOptions.shuffle_buffer))
     if not data and not check_only:
-        cfg = plan.config({})
-        data = embedded_dataset(cfg.model.max_resolution if cfg.model.kind == "style" else 32, seed=cfg.train.seed)
+        data = embedded_for(plan.config({}))
     _check_data(plan, data)
     if meta is None and not check_only:
         store.write("sweep.json", json.dumps({"sweep": _normalised(plan.sweep.to_dict()), "data": data,
@@ -240,8 +239,8 @@ def run_sweep(opts: TuneOptions) -> dict:
     import ray
     from ray import tune
 
-    from .export import best_preset_text, best_row, to_csv, to_markdown, trial_rows
     from .console import SweepConsole, ray_output
+    from .export import best_preset_text, best_row, to_csv, to_markdown, trial_rows
     from .trainable import run_trial
 
     start_ray("tune", verbose=opts.verbose >= 2,

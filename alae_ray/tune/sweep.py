@@ -40,8 +40,17 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..core.config import (Config, ConfigError, ModelConfig, ScheduleConfig, TrainConfig, _build, _set_dotted,
-                           from_dict, load_preset_dict)
+from ..core.config import (
+    Config,
+    ConfigError,
+    ModelConfig,
+    ScheduleConfig,
+    TrainConfig,
+    build_dataclass,
+    from_dict,
+    load_preset_dict,
+    set_dotted,
+)
 from ..core.schedule import stage_at
 from ..train.objective import OBJECTIVES
 
@@ -211,7 +220,7 @@ def parse_sweep(data: Mapping[str, Any], path: str = "<sweep>") -> Sweep:
         if data.get(section) is None:
             continue
         try:
-            kw[section] = _build(cls, data[section], section) if isinstance(data[section], Mapping) else None
+            kw[section] = build_dataclass(cls, data[section], section) if isinstance(data[section], Mapping) else None
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         if kw[section] is None:
@@ -296,7 +305,7 @@ def _check_population(s: Sweep) -> None:
 def _check_fid(s: Sweep) -> None:
     """FID needs alae_ray.eval's Inception network and a local copy of its weights."""
     try:
-        from ..eval.networks import load_inception  # noqa: F401
+        from ..metrics.networks import load_inception  # noqa: F401
     except ImportError as exc:
         raise ConfigError(f"{s.path}: objective.kind fid is not available: alae_ray.eval cannot be imported ({exc})") from None
     if s.objective.inception_weights and not Path(s.objective.inception_weights).expanduser().is_file():
@@ -347,7 +356,7 @@ class SweepPlan:
         data = copy.deepcopy(self.base)
         data["name"] = name or s.name
         for key, value in s.overrides.items():
-            _set_dotted(data, key, value)
+            set_dotted(data, key, value)
         start_res = data.get("schedule", {}).get("start_resolution", ScheduleConfig.start_resolution)
         params = dict(params)
         if "schedule.lr" in params:  # the base lr: one value for every level ...
@@ -358,7 +367,7 @@ class SweepPlan:
                 sched = data.setdefault("schedule", {})
                 sched[table[0]] = {**sched.get(table[0], {}), table[1]: value}
             else:
-                _set_dotted(data, key, value)
+                set_dotted(data, key, value)
         return from_dict(data)
 
 
@@ -408,7 +417,7 @@ def _check_key(s: Sweep, key: str, cfg: Config) -> None:
 
 def plan_sweep(sweep: Sweep) -> SweepPlan:
     """Check the sweep against its base config and start checkpoint; every error names the file, key or URI."""
-    from ..train.checkpoints import checkpoint_info
+    from ..infra.checkpoints import checkpoint_info
 
     p = sweep.path
     start_kimg, start_level, ckpt_cfg = 0.0, None, None

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import ray
-
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from ..train.objective import DIVERGED
