@@ -42,7 +42,7 @@ from .core.bands import BANDS, band_layers
 from .core.checkpoint import CheckpointError, load_model
 from .core.config import Config, ModelConfig
 from .core.model import ALAE
-from .core.pixels import from_uint8, to_uint8
+from .core.pixels import from_uint8, signed, to_uint8
 
 MAX_FORWARD = 64  # images per forward pass: bounds activation memory at large resolutions
 MAX_REFINE_STEPS = 1000  # refinement is an optimisation per request: bounded
@@ -131,7 +131,7 @@ class Model:
             x = images if images.dim() == 4 else images[None]
         else:
             x = torch.from_numpy(_uint8_batch(images, self.resolution, self.channels).copy())  # PIL's are read-only
-            x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+            x = signed(x.permute(0, 3, 1, 2))
         if x.shape[1] != self.channels or x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
             raise ValueError(f"{self.name}: images must be [N, {self.channels}, {self.resolution}, "
                              f"{self.resolution}] here, got {tuple(x.shape)}")

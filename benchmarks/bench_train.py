@@ -43,12 +43,12 @@ def core_run(overrides, data, res, kimg, tick, threads) -> float:
 
 
 def ray_run(overrides, data, kimg, tick, workers, cpus, tmp) -> float:
-    from alae_ray.train.run import TrainOptions, run
+    from alae_ray.train.run import TrainOptions, describe, run
 
     name = f"w{workers}-{time.time_ns()}"
-    run(TrainOptions(preset="tiny", overrides=overrides, data=data, storage=str(tmp), name=name,
-                     workers=workers, cpus_per_worker=cpus, max_kimg=kimg, tick_kimg=tick,
-                     checkpoint_kimg=kimg, console=False))
+    run(describe(TrainOptions(preset="tiny", overrides=overrides, data=data, storage=str(tmp), name=name,
+                              workers=workers, cpus_per_worker=cpus, max_kimg=kimg, tick_kimg=tick,
+                              checkpoint_kimg=kimg, console=False)))
     rows = [json.loads(l) for l in (Path(tmp) / name / "artifacts" / "metrics.jsonl").read_text().splitlines()]
     return steady(rows)
 

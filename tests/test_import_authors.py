@@ -182,7 +182,7 @@ def test_serve_eval_and_train_accept_it(ref, tmp_path, capsys):
     from alae_ray.core.config import ConfigError
     from alae_ray.eval.sampling import open_image_model
     from alae_ray.serve.engine import open_engine
-    from alae_ray.train.run import TrainOptions, plan
+    from alae_ray.train.run import TrainOptions, describe
 
     out = tmp_path / "small"
     assert cli(capsys, ref / "small_style.pth", "--out", out, "--config", ref / "small_style.yaml")[0] == 0
@@ -195,4 +195,4 @@ def test_serve_eval_and_train_accept_it(ref, tmp_path, capsys):
     assert im.reconstruct(torch.zeros(2, 3, 32, 32)).shape == (2, 3, 32, 32)
     # train --init: the checkpoint's networks must be the preset's; checked before any data or Ray
     with pytest.raises(ConfigError, match="its model differs from preset 'tiny'.*latent_size: 32 there, 64 here"):
-        plan(TrainOptions(preset="tiny", init_checkpoint=str(out)))
+        describe(TrainOptions(preset="tiny", init_checkpoint=str(out)))

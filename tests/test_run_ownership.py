@@ -1,6 +1,6 @@
 """Runs that never mix: a run's recorded definition and its writer's lease, on local storage and on
 the loopback S3 server; samples and uploads that fail after a checkpoint are warnings, not crashes.
-No Ray here: these are checked before Ray starts (plan) or by the driver around fit."""
+No Ray here: these are checked before Ray starts (describe) or by the driver around fit."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from alae_ray.train.ownership import (
     DEFINITION_FILE,
     LEASE_FILE,
     RunConflict,
+    RunDefinition,
     RunLease,
     record_definition,
 )
@@ -42,16 +43,16 @@ def options(tmp_path, data, **kw):
 
 
 def started(opts) -> str:
-    """plan() a run and record its definition, as fit() does once it holds the lease."""
-    from alae_ray.train.run import plan
+    """describe() a run and record its definition, as fit() does once it holds the lease."""
+    from alae_ray.train.run import describe
 
-    p = plan(opts)
-    record_definition(p.run_uri, p.definition, opts.allow_changes)
-    return p.run_uri
+    spec = describe(opts)
+    record_definition(spec.run_uri, RunDefinition.of(spec), spec.allow_changes)
+    return spec.run_uri
 
 
 def test_the_same_run_again_continues_and_another_definition_is_refused_naming_it(tmp_path, shapes8):
-    from alae_ray.train.run import plan
+    from alae_ray.train.run import describe
 
     run_uri = started(options(tmp_path, shapes8))
     record = json.loads((tmp_path / "runs" / "r" / DEFINITION_FILE).read_text())
@@ -61,14 +62,14 @@ def test_the_same_run_again_continues_and_another_definition_is_refused_naming_i
 
     with pytest.raises(RunConflict, match=r"train\.r1_gamma: 10\.0 before, 5\.0 now; use another --name .*"
                                           r"--allow-changes"):
-        plan(options(tmp_path, shapes8, overrides=SMALL + ["train.r1_gamma=5"]))
+        describe(options(tmp_path, shapes8, overrides=SMALL + ["train.r1_gamma=5"]))
     with pytest.raises(RunConflict, match=r"flips \(--no-flip\): True before, False now"):
-        plan(options(tmp_path, shapes8, flip=False))
+        describe(options(tmp_path, shapes8, flip=False))
     # another preset file with the same content under another name is the same run
     from alae_ray.core.config import load_config, save_yaml
 
     save_yaml(load_config("tiny", SMALL + ["name=renamed"]), tmp_path / "copy.yaml")
-    plan(options(tmp_path, shapes8, preset=str(tmp_path / "copy.yaml"), overrides=[]))
+    describe(options(tmp_path, shapes8, preset=str(tmp_path / "copy.yaml"), overrides=[]))
 
 
 def test_other_data_is_another_run_wherever_it_lies(tmp_path, shapes8):
@@ -76,15 +77,15 @@ def test_other_data_is_another_run_wherever_it_lies(tmp_path, shapes8):
 
     from alae_ray.data import PrepareOptions, prepare
     from alae_ray.data.sources import shapes_source
-    from alae_ray.train.run import plan
+    from alae_ray.train.run import describe
 
     started(options(tmp_path, shapes8))
     moved = shutil.copytree(shapes8, tmp_path / "moved")  # the same images at another path: the same run
-    plan(options(tmp_path, str(moved)))
+    describe(options(tmp_path, str(moved)))
     other = str(tmp_path / "other")
     prepare(shapes_source(64, 8, seed=1), other, PrepareOptions(progress=False))
     with pytest.raises(RunConflict, match=r"the dataset's content \(digest\): [0-9a-f]{64} before, [0-9a-f]{64} now"):
-        plan(options(tmp_path, other))
+        describe(options(tmp_path, other))
 
 
 def test_continuing_with_changes_is_recorded(tmp_path, shapes8):
@@ -113,12 +114,12 @@ def test_a_refused_rerun_exits_non_zero_with_one_line_before_ray_starts(tmp_path
 
 
 def test_an_unreadable_record_is_named(tmp_path, shapes8):
-    from alae_ray.train.run import plan
+    from alae_ray.train.run import describe
 
     (tmp_path / "runs" / "r").mkdir(parents=True)
     (tmp_path / "runs" / "r" / DEFINITION_FILE).write_text("{not json")
     with pytest.raises(RunConflict, match=rf"run {tmp_path / 'runs' / 'r'}: unreadable run\.json"):
-        plan(options(tmp_path, shapes8))
+        describe(options(tmp_path, shapes8))
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -201,3 +202,27 @@ def test_an_upload_that_failed_is_sent_whole_at_the_next_checkpoint(tmp_path, s3
     (out / "c.txt").write_text("c")
     assert upload(out, f"{s3_bucket}/art") == ["c.txt"]
     assert list_files(resolve(f"{s3_bucket}/art"), "") == ["a.txt", "b.txt", "c.txt"]
+
+
+def test_a_run_is_described_once_as_plain_data(tmp_path, shapes8, monkeypatch):
+    """describe() resolves what was asked into a RunSpec whose dict (what the workers get) holds JSON
+    types only and reads back equal; relative paths are resolved where the driver stands, not where a
+    worker does; a given config (a Tune trial's) is used as it is."""
+    from alae_ray.core.config import load_config
+    from alae_ray.core.schedule import total_kimg
+    from alae_ray.train.run import describe
+    from alae_ray.train.spec import RunSpec
+
+    monkeypatch.chdir(tmp_path)
+    spec = describe(options(tmp_path, shapes8, storage="runs", overrides=SMALL + ["train.r1_gamma=3"],
+                            validate="shapes", keep_best="val_left"))
+    assert json.loads(json.dumps(spec.to_dict())) == spec.to_dict()
+    assert RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert spec.storage == str(tmp_path / "runs") and spec.run_uri == str(tmp_path / "runs" / "r")
+    assert spec.artifacts_dir == tmp_path / "runs" / "r" / "artifacts" and spec.artifacts_upload is None
+    assert spec.config.train.r1_gamma == 3 and spec.levels == (4, 8) and spec.preset == "tiny"
+    assert spec.validation.judge == "shapes" and spec.validation.keep_best == "val_left"
+    assert spec.max_kimg == pytest.approx(total_kimg(spec.config)) and spec.start_kimg == 0
+    trial = load_config("tiny", SMALL + ["train.r1_gamma=7"])
+    given = describe(options(tmp_path, shapes8, name="trial"), config=trial)
+    assert given.config == trial and given.preset is None and given.name == "trial"

@@ -81,11 +81,11 @@ class Hold:  # another job's actor holding one of the two CPUs
 
 hold = Hold.remote()
 ray.get(hold.ping.remote())
-from alae_ray.train.run import TrainOptions, run
+from alae_ray.train.run import TrainOptions, describe, run
 from alae_ray.infra.board import StallError
 
 try:
-    run(TrainOptions(data=sys.argv[1], storage=sys.argv[2], max_kimg=0.064, stall_timeout_s=20, console=False))
+    run(describe(TrainOptions(data=sys.argv[1], storage=sys.argv[2], max_kimg=0.064, stall_timeout_s=20, console=False)))
 except StallError as exc:
     print(f"STALLED: {exc}", flush=True)
     sys.exit(3)

@@ -62,21 +62,22 @@ def last_per_iteration(rows: list[dict]) -> dict[int, dict]:
     return {r["iteration"]: r for r in rows}
 
 
-def options(tmp_path, **kw):
-    from alae_ray.train.run import TrainOptions
+def spec(tmp_path, **kw):
+    """The RunSpec of a short tiny run (the options described, as alae-ray train does)."""
+    from alae_ray.train.run import TrainOptions, describe
 
     base = dict(preset="tiny", overrides=list(FAST), storage=str(tmp_path / "runs"), name="t",
                 artifacts=str(tmp_path / "artifacts"), tick_kimg=0.016, checkpoint_kimg=0.096,
                 console=False, shuffle_buffer=64)
     base.update(kw)
-    return TrainOptions(**base)
+    return describe(TrainOptions(**base))
 
 
 def test_two_workers_from_s3_cross_a_level_change(tmp_path, faces_s3, s3_bucket):
     from alae_ray.core.checkpoint import read_checkpoint
     from alae_ray.train.run import run
 
-    opts = options(tmp_path, data=faces_s3, workers=2, max_kimg=0.24, storage=f"{s3_bucket}/runs")
+    opts = spec(tmp_path, data=faces_s3, workers=2, max_kimg=0.24, storage=f"{s3_bucket}/runs")
     summary = run(opts)
     rows = metrics(tmp_path / "artifacts")
     assert {r["level"] for r in rows} == {0, 1}
@@ -109,7 +110,7 @@ def test_one_and_two_workers_agree_on_the_first_step(tmp_path, shapes_local):
 
     first = {}
     for workers in (1, 2):
-        run(options(tmp_path / str(workers), data=shapes_local, workers=workers, max_kimg=0.016,
+        run(spec(tmp_path / str(workers), data=shapes_local, workers=workers, max_kimg=0.016,
                     overrides=FAST + ["train.noise=false"], flip=False))
         first[workers] = metrics(tmp_path / str(workers) / "artifacts")[0]
     one, two = first[1], first[2]
@@ -125,15 +126,15 @@ def test_one_and_two_workers_agree_on_the_first_step(tmp_path, shapes_local):
 def test_interrupted_run_resumes_exactly(tmp_path, shapes_local):
     from alae_ray.train.run import run
 
-    straight = options(tmp_path / "a", data=shapes_local, max_kimg=0.24)
+    straight = spec(tmp_path / "a", data=shapes_local, max_kimg=0.24)
     run(straight)
     want = last_per_iteration(metrics(tmp_path / "a" / "artifacts"))
 
-    crashing = options(tmp_path / "b", data=shapes_local, max_kimg=0.24, fail_at_kimg=0.15)
+    crashing = spec(tmp_path / "b", data=shapes_local, max_kimg=0.24, fail_at_kimg=0.15)
     with pytest.raises(Exception):
         run(crashing)  # one worker dies hard (os._exit) and no restarts are allowed
     assert (tmp_path / "b" / "artifacts" / "fault-injected.txt").exists()
-    summary = run(options(tmp_path / "b", data=shapes_local, max_kimg=0.24))  # the same command again
+    summary = run(spec(tmp_path / "b", data=shapes_local, max_kimg=0.24))  # the same command again
     got = last_per_iteration(metrics(tmp_path / "b" / "artifacts"))
     assert summary["kimg"] == pytest.approx(0.24)
     resumed = [i for i in got if got[i]["kimg"] > 0.096]  # after the checkpoint it resumed from
@@ -149,13 +150,13 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path
     from alae_ray.train.ownership import DEFINITION_FILE, LEASE_FILE
     from alae_ray.train.run import run
 
-    run(options(tmp_path, data=shapes_local, max_kimg=0.24))
+    run(spec(tmp_path, data=shapes_local, max_kimg=0.24))
     run_dir = tmp_path / "runs" / "t"
     newest, previous = run_checkpoints(str(run_dir))[:2]
     state = Path(newest) / "state.safetensors"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     capfd.readouterr()
-    summary = run(options(tmp_path, data=shapes_local, max_kimg=0.288))
+    summary = run(spec(tmp_path, data=shapes_local, max_kimg=0.288))
     err = capfd.readouterr().err
     assert (f"warning: checkpoint {Path(newest).name} is unreadable (checkpoint " in err
             and f"resumed from the newest earlier readable one, {Path(previous).name}" in err), err
@@ -169,7 +170,7 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path
 def test_worker_killed_mid_run_recovers(tmp_path, shapes_local):
     from alae_ray.train.run import run
 
-    summary = run(options(tmp_path, data=shapes_local, workers=2, max_kimg=0.24, fail_at_kimg=0.15,
+    summary = run(spec(tmp_path, data=shapes_local, workers=2, max_kimg=0.24, fail_at_kimg=0.15,
                           max_failures=1))
     assert (tmp_path / "artifacts" / "fault-injected.txt").exists()
     rows = metrics(tmp_path / "artifacts")
@@ -187,12 +188,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, shapes_lo
     from alae_ray.core.phases import NonFiniteLossError
     from alae_ray.train.run import run
 
-    good = run(options(tmp_path, data=shapes_local, max_kimg=0.096))
+    good = run(spec(tmp_path, data=shapes_local, max_kimg=0.096))
     before = {p.name: p.read_bytes() for p in Path(good["checkpoint"]).iterdir()}
     rows_before = len(metrics(tmp_path / "artifacts"))
     with pytest.raises(NonFiniteLossError, match="loss_d in the discriminator phase at iteration 6"):
         # the same run continued with a change that poisons it (so the change is allowed explicitly)
-        run(options(tmp_path, data=shapes_local, max_kimg=0.2, max_failures=2, allow_changes=True,
+        run(spec(tmp_path, data=shapes_local, max_kimg=0.2, max_failures=2, allow_changes=True,
                     overrides=FAST + ["train.r1_gamma=.inf"]))
     message = (tmp_path / "artifacts" / "FAILED.txt").read_text()
     assert "non-finite" in message and "discriminator phase at iteration 6" in message
@@ -208,7 +209,7 @@ def test_more_workers_than_cpus_is_refused_before_anything_starts(tmp_path, shap
     # ray_local has 4 CPUs: 4 workers + 1 CPU for Ray Data's reading do not fit
     with pytest.raises(PreflightError, match=r"4 worker\(s\) x 1 CPU \+ 1 CPU .* = 5 CPUs: 5 CPUs but the cluster "
                                              r"has 4; use --workers 3"):
-        run(options(tmp_path, data=shapes_local, workers=4, max_kimg=0.032))
+        run(spec(tmp_path, data=shapes_local, workers=4, max_kimg=0.032))
     assert not (tmp_path / "runs" / "t").exists()
 
 
@@ -220,7 +221,7 @@ def test_fine_tuning_starts_from_an_imported_authors_model(tmp_path, shared_data
     from alae_ray.data import PrepareOptions, prepare
     from alae_ray.data.sources import shapes_source
     from alae_ray.releases import import_authors
-    from alae_ray.train.run import TrainOptions, run
+    from alae_ray.train.run import TrainOptions, describe, run
 
     ref = shared_data / "authors-reference"
     imported = tmp_path / "small"
@@ -228,10 +229,10 @@ def test_fine_tuning_starts_from_an_imported_authors_model(tmp_path, shared_data
     start = read_checkpoint(imported)[2]["images_seen"]
     data = str(tmp_path / "shapes32")
     prepare(shapes_source(200, 32, seed=0), data, PrepareOptions(progress=False))
-    summary = run(TrainOptions(preset=None, init_checkpoint=str(imported), overrides=["schedule.batch={32: 16}"],
-                               data=data, storage=str(tmp_path / "runs"), name="ft", artifacts=str(tmp_path / "art"),
-                               max_kimg=start / 1000 + 0.032, tick_kimg=0.016, checkpoint_kimg=0.032, console=False,
-                               shuffle_buffer=64))
+    summary = run(describe(TrainOptions(
+        preset=None, init_checkpoint=str(imported), overrides=["schedule.batch={32: 16}"], data=data,
+        storage=str(tmp_path / "runs"), name="ft", artifacts=str(tmp_path / "art"), max_kimg=start / 1000 + 0.032,
+        tick_kimg=0.016, checkpoint_kimg=0.032, console=False, shuffle_buffer=64)))
     _, _, progress = read_checkpoint(summary["checkpoint"])
     assert progress["images_seen"] == start + 32 and progress["level"] == 3  # the top level, where they stopped
     rows = metrics(tmp_path / "art")
@@ -249,7 +250,7 @@ def test_checkpoints_are_judged_while_training_goes_on_and_the_best_is_kept(tmp_
     from alae_ray.infra.checkpoints import run_checkpoints
     from alae_ray.train.run import run
 
-    summary = run(options(tmp_path, data=shapes_local, max_kimg=0.24, keep=1, keep_best="val_position_px",
+    summary = run(spec(tmp_path, data=shapes_local, max_kimg=0.24, keep=1, keep_best="val_position_px",
                           console=True))
     judged = metrics(tmp_path / "artifacts", validations=True)
     # one judge per checkpoint (0.096, 0.192 and the last, 0.24), each at the level it reached

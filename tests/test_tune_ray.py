@@ -123,13 +123,13 @@ def test_three_trial_sweep_completes_and_asha_stops_the_bad_trial(asha_sweep):
 @pytest.fixture(scope="module")
 def best_run(asha_sweep, shapes32, tmp_path_factory):
     """The exported best preset, trained into the 8x8 level (4x4 until 1 kimg with stable_kimg=0)."""
-    from alae_ray.train.run import TrainOptions, run
+    from alae_ray.train.run import TrainOptions, describe, run
 
     preset = Path(asha_sweep["experiment"]) / "best_preset.yaml"
     tmp = tmp_path_factory.mktemp("best")
-    return preset, run(TrainOptions(preset=str(preset), overrides=["schedule.stable_kimg=0"], data=shapes32,
-                                    storage=str(tmp / "runs"), name="best", max_kimg=1.088, tick_kimg=0.128, checkpoint_kimg=0.544, console=False,
-                                    shuffle_buffer=64))
+    return preset, run(describe(TrainOptions(
+        preset=str(preset), overrides=["schedule.stable_kimg=0"], data=shapes32, storage=str(tmp / "runs"),
+        name="best", max_kimg=1.088, tick_kimg=0.128, checkpoint_kimg=0.544, console=False, shuffle_buffer=64)))
 
 
 def best_run_lr(preset: Path) -> float:

@@ -138,3 +138,10 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
 def downsample2x(x: torch.Tensor) -> torch.Tensor:
     """Area (2x2 box) downsampling: the same operator the data pipeline uses between levels."""
     return F.avg_pool2d(x, 2)
+
+
+def downsample_to(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Images [N, C, R, R] halved (``downsample2x``) until they are at most ``resolution`` wide."""
+    while x.shape[-1] > resolution:
+        x = downsample2x(x)
+    return x

@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from .layers import downsample_to
 from .phases import ALAEPhases
 from .schedule import Stage, per_worker_batch, stage_at
 
@@ -63,10 +64,7 @@ class TensorImages:
             top = max(self.levels)
             if resolution > top or self.levels[top].dim() != 4:
                 return self.levels[top]
-            x = self.levels[top]
-            while x.shape[-1] > resolution:
-                x = torch.nn.functional.avg_pool2d(x, 2)
-            self.levels[resolution] = x
+            self.levels[resolution] = downsample_to(self.levels[top], resolution)
         return self.levels[resolution]
 
     def __call__(self, stage: Stage, n: int) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Between stored images (uint8, 0..255) and the networks' pixel range (model.pixel_min..pixel_max).
 
 StyleALAE works in [-1, 1]; the authors' MNIST model in [0, 1]. Every path from data to the
-networks and back goes through these two functions.
+networks and back goes through these functions; ``signed`` is the fixed [-1, 1] of the Python API,
+the data readers and the metrics, whatever the model's range.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from .config import ModelConfig
 def from_uint8(x: torch.Tensor, m: ModelConfig) -> torch.Tensor:
     """uint8 (or float 0..255) images -> float32 in the model's range ([-1, 1]: x / 127.5 - 1)."""
     return x.float().div(255.0 / (m.pixel_max - m.pixel_min)).add_(m.pixel_min)
+
+
+def signed(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (or float 0..255) images -> float32 in [-1, 1] (x / 127.5 - 1; a new tensor)."""
+    return x.float().div(127.5).sub_(1.0)
 
 
 def to_uint8(x: torch.Tensor, m: ModelConfig) -> torch.Tensor:

@@ -132,6 +132,8 @@ def to_tensor_batch(batch: Mapping[str, Any] | Any, flip: bool = False, generato
     """
     import torch
 
+    from ..core.pixels import signed
+
     images = batch["image"] if isinstance(batch, Mapping) else batch
     if isinstance(images, torch.Tensor):
         x = images
@@ -147,7 +149,7 @@ def to_tensor_batch(batch: Mapping[str, Any] | Any, flip: bool = False, generato
         x = torch.where(mask, x.flip(-1), x)
     if device is not None:
         x = x.to(device, non_blocking=True)
-    return x.float().div_(127.5).sub_(1.0)
+    return signed(x)
 
 
 def verify(manifest: Manifest | str) -> dict:

@@ -24,12 +24,14 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..core.pixels import signed
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 MANIFEST_FILE = "manifest.json"  # alae_ray.data.layout.MANIFEST
 
 def uint8_to_float(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, C, H, W] -> float32 in [-1, 1] (copies: IDX arrays are read-only NumPy views)."""
-    return torch.tensor(np.asarray(images, dtype=np.uint8)).float().div_(127.5).sub_(1.0)
+    return signed(torch.tensor(np.asarray(images, dtype=np.uint8)))
 
 
 def resize_uint8(images: np.ndarray, resolution: int) -> np.ndarray:

@@ -16,6 +16,7 @@ import torch
 from alae_ray.api import MAX_FORWARD, Model, load, pick_device  # noqa: F401  (pick_device: this module's API)
 from alae_ray.core.bands import describe_bands
 from alae_ray.core.checkpoint import CheckpointError
+from alae_ray.core.pixels import signed
 
 
 class Engine:
@@ -42,8 +43,7 @@ class Engine:
                 "refine_loss": "pixel + LPIPS" if self.lpips is not None else "pixel"}
 
     def _input(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
-        return x.float().div_(127.5).sub_(1.0)
+        return signed(torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2))
 
     def _uint8(self, images, n: int) -> np.ndarray:
         """uint8 [n, R, R, 3] from ``images(slice)`` -> [-1, 1] images, one forward chunk at a time: each

@@ -7,7 +7,7 @@ import sys
 
 def cmd_train(args) -> int:
     from ..infra.checkpoints import locate_checkpoint
-    from .run import MAIN_PRESET, TrainOptions, dump_summary, format_summary, run
+    from .run import MAIN_PRESET, TrainOptions, describe, dump_summary, format_summary, run
 
     init = args.init and locate_checkpoint(args.init, "alae-ray train: --init")
     opts = TrainOptions(preset=args.preset or (None if args.init else MAIN_PRESET), overrides=args.set or [], data=args.data, storage=args.storage,
@@ -20,7 +20,7 @@ def cmd_train(args) -> int:
                         validation_gpus=args.validation_gpus, validation_timeout_s=args.validation_timeout,
                         keep_best=args.keep_best)
     try:
-        summary = run(opts)
+        summary = run(describe(opts))
     except Exception as exc:  # Ray wraps worker errors; show the root cause in one line
         cause = exc
         while cause.__cause__ is not None:

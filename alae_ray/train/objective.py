@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..core.config import ModelConfig
+from ..core.layers import downsample_to
 from ..core.phases import fade_reals
 from ..core.pixels import from_uint8
 
@@ -131,8 +132,8 @@ class Evaluator:
     def reals(self, resolution: int) -> torch.Tensor:
         key = resolution if resolution in self.held_out else max(self.held_out)
         x = from_uint8(torch.as_tensor(np.asarray(self.held_out[key])).to(self.device), self.model)
-        while x.dim() == 4 and x.shape[-1] > resolution:  # a level without its own held-out images
-            x = torch.nn.functional.avg_pool2d(x, 2)
+        if x.dim() == 4:  # a level without its own held-out images
+            x = downsample_to(x, resolution)
         return x.flatten(1) if self.model.kind == "mlp" else x
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from ..core.config import Config, ConfigError
+from ..core.config import ConfigError
 from ..data.storage import DatasetError, Location, exists, read_bytes, resolve, write_bytes_atomic
+from .spec import RunSpec
 
 DEFINITION_FILE = "run.json"
 LEASE_FILE = ".lease.json"
@@ -64,11 +65,10 @@ class RunDefinition:
     data: str | None = None
 
     @classmethod
-    def of(cls, cfg: Config, manifest, flip: bool, shuffle_buffer: int, preset: str | None = None,
-           overrides: list[str] | None = None) -> "RunDefinition":
-        config = {k: v for k, v in cfg.to_dict().items() if k != "name"}  # the name is the run's, not its content
-        return cls(json.loads(json.dumps(config)), dataset_digest(manifest), flip, shuffle_buffer, preset,
-                   list(overrides or []), manifest.uri)
+    def of(cls, spec: RunSpec) -> "RunDefinition":
+        config = {k: v for k, v in spec.config.to_dict().items() if k != "name"}  # the name is the run's, not its content
+        return cls(json.loads(json.dumps(config)), spec.data_digest, spec.flip, spec.shuffle_buffer, spec.preset,
+                   list(spec.overrides), spec.data)
 
     def compared(self) -> dict:
         return {"config": self.config, "data_digest": self.data_digest, "flip": self.flip,

@@ -1,4 +1,5 @@
-"""The driver of ``alae-ray train``: resolve the dataset, build the TorchTrainer, run, summarise.
+"""The driver of ``alae-ray train``: describe the run (``describe``: ``TrainOptions``, what was asked,
+becomes a checked ``RunSpec``), build the TorchTrainer from it, run, summarise.
 
 With no ``--data`` the embedded default is used: a procedural shapes dataset generated once into the
 local cache at the preset's resolution. Re-running with the same ``--name`` and ``--storage``
@@ -21,14 +22,18 @@ from ..infra.board import fit_watched, new_board
 from ..infra.checkpoints import checkpoint_info
 from ..infra.datasets import EMBEDDED_COUNT, dataset_levels, embedded_for, storage_root
 from ..infra.ray_session import Needs, cluster_can_grow, local_paths_warning, other_node_ips, preflight, start_ray
-from .ownership import RunDefinition, RunLease, check_definition, record_definition
-from .validation import Validation, data_judge, judgement, ray_config, resolve_validation
+from .ownership import RunDefinition, RunLease, check_definition, dataset_digest, record_definition
+from .spec import RunSpec
+from .validation import data_judge, judgement, ray_config, resolve_validation
 
 MAIN_PRESET = "shapes"  # the preset of `alae-ray train` with no arguments (the README's main job)
 
 
 @dataclass
 class TrainOptions:
+    """What a run is asked to be (the flags of ``alae-ray train``, or a Tune trial's); ``describe``
+    checks it and resolves it into the ``RunSpec`` that everything after reads."""
+
     preset: str | None = MAIN_PRESET  # Preset name or YAML path; None with init_checkpoint: that checkpoint's config.
     overrides: list[str] = field(default_factory=list)  # Dotted key=value overrides.
     data: str | None = None  # Dataset URI (local or s3://); None = the embedded procedural dataset.
@@ -53,7 +58,6 @@ class TrainOptions:
     fail_at_kimg: float | None = None  # Testing: one worker crashes once at this point.
     console: bool = True  # One line per tick on the driver's console.
     verbose: bool = False  # Also Ray's own logs from the workers (otherwise in Ray's session log files).
-    callbacks: list = field(default_factory=list)  # Ray Train callbacks (e.g. Tune's TuneReportCallback).
     init_checkpoint: str | None = None  # Start a new run from this checkpoint (local path or s3://);
     #                                     ignored once the run has checkpoints of its own (resume).
     init_data_position: bool = False  # ... and from its data position (same dataset and batch: a population member).
@@ -66,33 +70,19 @@ class TrainOptions:
     keep_best: str | None = None  # Keep the best checkpoints by this validation metric (and the newest).
 
 
-@dataclass
-class Plan:
-    """Everything checked and resolved before Ray starts, so bad input fails fast and clearly."""
-
-    cfg: Config
-    data: str
-    manifest: object
-    resolutions: list[int]
-    name: str
-    storage_path: str
-    storage_fs: object
-    artifacts_dir: Path
-    upload: str | None
-    max_kimg: float
-    run_uri: str  # the run directory: checkpoints, run.json, the lease
-    definition: RunDefinition
-    validation: Validation | None
-
-
-def plan(opts: TrainOptions) -> Plan:
-    init = checkpoint_info(opts.init_checkpoint)[0] if opts.init_checkpoint else None
-    if opts.preset is None and init is None:
+def describe(opts: TrainOptions, config: Config | None = None) -> RunSpec:
+    """The run ``opts`` asks for (with ``config``: that config instead of the preset's, as Tune's
+    trials give), every check done before Ray starts, so bad input fails fast and clearly."""
+    init = checkpoint_info(opts.init_checkpoint) if opts.init_checkpoint else None
+    if config is not None:
+        cfg = config
+    elif opts.preset is None and init is None:
         raise ConfigError("a preset is needed (or --init, whose checkpoint's config is then used)")
-    cfg = load_config(opts.preset if opts.preset is not None else init, opts.overrides)
-    if init is not None and init.model != cfg.model:  # its networks must be the ones this config builds
-        diff = [f"{k}: {getattr(init.model, k)} there, {getattr(cfg.model, k)} here"
-                for k in init.model.__dataclass_fields__ if getattr(init.model, k) != getattr(cfg.model, k)]
+    else:
+        cfg = load_config(opts.preset if opts.preset is not None else init[0], opts.overrides)
+    if init is not None and init[0].model != cfg.model:  # its networks must be the ones this config builds
+        diff = [f"{k}: {getattr(init[0].model, k)} there, {getattr(cfg.model, k)} here"
+                for k in init[0].model.__dataclass_fields__ if getattr(init[0].model, k) != getattr(cfg.model, k)]
         raise ConfigError(f"--init {opts.init_checkpoint}: its model differs from preset {cfg.name!r} "
                           f"({'; '.join(diff)})")
     if opts.workers < 1:
@@ -104,90 +94,85 @@ def plan(opts: TrainOptions) -> Plan:
         micro_batch(per_worker_batch(b, opts.workers), cfg.train.batch_gpu)
     data = opts.data or embedded_for(cfg, opts.shapes_count)
     manifest = open_dataset(data)
-    resolutions = dataset_levels(cfg, manifest)
-    for r in resolutions:  # a wrong shard fails here, named, rather than inside a read task
+    levels = dataset_levels(cfg, manifest)
+    for r in levels:  # a wrong shard fails here, named, rather than inside a read task
         check_level_schemas(manifest, r)
     name = opts.name or cfg.name
-    storage_path, storage_fs = storage_root(opts.storage)
-    if opts.artifacts:
-        artifacts_dir = Path(opts.artifacts).resolve()
-    elif storage_fs is None:
-        artifacts_dir = Path(storage_path) / name / "artifacts"
-    else:
-        artifacts_dir = (Path("runs") / name / "artifacts").resolve()
-    upload = f"{opts.storage.rstrip('/')}/{name}/artifacts" if storage_fs is not None else None
-    max_kimg = opts.max_kimg if opts.max_kimg is not None else total_kimg(cfg)
-    run_uri = f"{'s3://' if storage_fs is not None else ''}{storage_path}/{name}"
-    definition = RunDefinition.of(cfg, manifest, opts.flip, opts.shuffle_buffer, opts.preset, opts.overrides)
-    check_definition(run_uri, definition, opts.allow_changes)  # again under the lease, before training
-    validation = resolve_validation(opts.validate, cfg, manifest.source, cpus=opts.validation_cpus,
-                                    gpus=opts.validation_gpus, timeout_s=opts.validation_timeout_s,
-                                    keep_best=opts.keep_best)
-    return Plan(cfg, data, manifest, resolutions, name, storage_path, storage_fs, artifacts_dir, upload, max_kimg,
-                run_uri, definition, validation)
+    s3 = opts.storage.startswith("s3://")
+    storage = opts.storage if s3 else str(Path(opts.storage).expanduser().resolve())
+    storage_root(storage)  # an s3:// URI is resolved (and its bucket named) now
+    # samples and metrics: beside the checkpoints, or (s3:// storage) in a local folder then uploaded;
+    # resolved here, where the command was given, not in a worker's folder
+    artifacts = opts.artifacts or (str(Path("runs") / name / "artifacts") if s3 else None)
+    spec = RunSpec(
+        config=cfg, data=data, data_digest=dataset_digest(manifest), levels=tuple(levels), flip=opts.flip,
+        shuffle_buffer=opts.shuffle_buffer, name=name, storage=storage,
+        artifacts=str(Path(artifacts).resolve()) if artifacts else None,
+        max_kimg=opts.max_kimg if opts.max_kimg is not None else total_kimg(cfg),
+        start_kimg=init[1]["images_seen"] / 1000.0 if init is not None else 0.0,
+        tick_kimg=opts.tick_kimg, checkpoint_kimg=opts.checkpoint_kimg, keep=opts.keep, workers=opts.workers,
+        gpu=opts.gpu, cpus_per_worker=opts.cpus_per_worker, max_failures=max_failures(opts),
+        stall_timeout_s=opts.stall_timeout_s, init_checkpoint=opts.init_checkpoint,
+        init_data_position=opts.init_data_position,
+        validation=resolve_validation(opts.validate, cfg, manifest.source, cpus=opts.validation_cpus,
+                                      gpus=opts.validation_gpus, timeout_s=opts.validation_timeout_s,
+                                      keep_best=opts.keep_best),
+        objective=opts.objective, console=opts.console, verbose=opts.verbose, allow_changes=opts.allow_changes,
+        preset=None if config is not None else opts.preset, overrides=tuple(opts.overrides),
+        fail_at_kimg=opts.fail_at_kimg)
+    check_definition(spec.run_uri, RunDefinition.of(spec), spec.allow_changes)  # again under the lease
+    return spec
 
 
-def _tuning_inputs(opts: TrainOptions, cfg: Config, manifest, resolutions: list[int], max_kimg: float):
-    """(images seen at the start, in kimg; held-out images for the objective or None)."""
-    start_kimg = 0.0
-    if opts.init_checkpoint:
-        start_kimg = checkpoint_info(opts.init_checkpoint)[1]["images_seen"] / 1000.0
-    if not opts.objective:
-        return start_kimg, None
+def _held_out(spec: RunSpec, manifest):
+    """Held-out images for the tuning objective, at the levels this run visits (None without one)."""
+    if not spec.objective:
+        return None
     from .objective import held_out_images
 
+    cfg = spec.config
     if cfg.model.kind == "mlp":
-        need = resolutions
+        need = list(spec.levels)
     else:  # only the levels this run visits
-        lo, hi = (stage_at(cfg, k).resolution for k in (start_kimg, max(start_kimg, max_kimg - 1e-6)))
-        need = [r for r in resolutions if lo <= r <= hi]
-    kind = opts.objective.get("kind", "recon")
-    count = int(opts.objective.get("fid_real" if kind == "fid" else "held_out", 256 if kind == "fid" else 32))
-    return start_kimg, held_out_images(manifest, need, count)
+        lo, hi = (stage_at(cfg, k).resolution for k in (spec.start_kimg, max(spec.start_kimg, spec.max_kimg - 1e-6)))
+        need = [r for r in spec.levels if lo <= r <= hi]
+    kind = spec.objective.get("kind", "recon")
+    count = int(spec.objective.get("fid_real" if kind == "fid" else "held_out", 256 if kind == "fid" else 32))
+    return held_out_images(manifest, need, count)
 
 
-def build_trainer(opts: TrainOptions, p: Plan | None = None):
+def build_trainer(spec: RunSpec, callbacks=()):
+    """(the TorchTrainer of ``spec``, its progress board actor)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from .worker import train_loop_per_worker
 
-    p = p or plan(opts)
-    cfg, manifest, resolutions = p.cfg, p.manifest, p.resolutions
+    manifest = open_dataset(spec.data)
     board, board_name = new_board()
-    split = "test" if manifest.count(resolutions[-1], "test") >= 8 else "train"
-    fixed = read_first_rows(manifest, resolutions[-1], split, 8)["image"]  # one shard, not the split
-    start_kimg, held_out = _tuning_inputs(opts, cfg, manifest, resolutions, p.max_kimg)
-    v = p.validation
-    loop_config = {
-        "cfg": cfg.to_dict(), "max_kimg": p.max_kimg, "tick_kimg": opts.tick_kimg,
-        "checkpoint_kimg": opts.checkpoint_kimg, "flip": opts.flip, "shuffle_buffer": opts.shuffle_buffer,
-        "artifacts_dir": str(p.artifacts_dir), "artifacts_upload": p.upload, "fixed_reals": fixed,
-        "console": opts.console, "data_resolution": resolutions[0] if cfg.model.kind == "mlp" else None,
-        "threads": max(1, int(opts.cpus_per_worker)), "fail_at_kimg": opts.fail_at_kimg,
-        "init_checkpoint": opts.init_checkpoint, "init_data_position": opts.init_data_position,
-        "objective": opts.objective, "held_out": held_out, "board": board_name, "data": p.data,
-        "run_uri": p.run_uri,
-        "validation": v and {"resolutions": v.resolutions, "timeout_s": v.timeout_s, "keep_best": v.keep_best},
-    }
+    top = spec.levels[-1]
+    split = "test" if manifest.count(top, "test") >= 8 else "train"
+    v = spec.validation
+    storage_path, storage_fs = storage_root(spec.storage)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=opts.workers, use_gpu=opts.gpu,
-                                               resources_per_worker={"CPU": opts.cpus_per_worker}),
+        # the spec as plain data, and what the driver read for the workers: the sample grids' reals
+        # (one shard, not the split) and the objective's held-out images
+        train_loop_config={"spec": spec.to_dict(), "board": board_name,
+                           "fixed_reals": read_first_rows(manifest, top, split, 8)["image"],
+                           "held_out": _held_out(spec, manifest)},
+        scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=spec.gpu,
+                                               resources_per_worker={"CPU": spec.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=p.name, storage_path=p.storage_path, storage_filesystem=p.storage_fs,
+            name=spec.name, storage_path=storage_path, storage_filesystem=storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=opts.keep, checkpoint_score_attribute=v and v.keep_best,
+                num_to_keep=spec.keep, checkpoint_score_attribute=v and v.keep_best,
                 checkpoint_score_order=(v and v.order) or "max"),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures(opts)),
-            callbacks=list(opts.callbacks) or None),
+            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
+            callbacks=list(callbacks) or None),
         validation_config=ray_config(v, board_name) if v else None,
     )
-    return trainer, {"name": p.name, "data": p.data, "storage": opts.storage,
-                     "artifacts": p.upload or str(p.artifacts_dir), "max_kimg": p.max_kimg, "start_kimg": start_kimg,
-                     "config": cfg, "board": board, "run_uri": p.run_uri, "definition": p.definition,
-                     "allow_changes": opts.allow_changes}
+    return trainer, board
 
 
 def max_failures(opts: TrainOptions) -> int:
@@ -198,7 +183,7 @@ def max_failures(opts: TrainOptions) -> int:
     return 3 if os.environ.get("RAY_ADDRESS") else 0
 
 
-def fit(trainer, info: dict, stall_timeout_s: float):
+def fit(trainer, spec: RunSpec, board):
     """``trainer.fit()`` holding the run's lease, its definition recorded, bounded by the stall
     timeout; a non-finite loss (which the workers end the run on, so that Ray Train does not retry it)
     raised here."""
@@ -206,37 +191,36 @@ def fit(trainer, info: dict, stall_timeout_s: float):
 
     from ..core.phases import NonFiniteLossError
 
-    with RunLease(info["run_uri"]):
-        changed = record_definition(info["run_uri"], info["definition"], info["allow_changes"])
+    with RunLease(spec.run_uri):
+        changed = record_definition(spec.run_uri, RunDefinition.of(spec), spec.allow_changes)
         if changed:
-            print(f"alae-ray train: continuing {info['run_uri']} with changes: {'; '.join(changed)}",
+            print(f"alae-ray train: continuing {spec.run_uri} with changes: {'; '.join(changed)}",
                   file=sys.stderr, flush=True)
-        result = fit_watched(trainer, info["board"], stall_timeout_s,
+        result = fit_watched(trainer, board, spec.stall_timeout_s,
                              echo=lambda line: print(line, file=sys.stderr, flush=True))
-    failed = ray.get(info["board"].failure.remote(), timeout=60)
+    failed = ray.get(board.failure.remote(), timeout=60)
     if failed:
         raise NonFiniteLossError(failed)
     return result
 
 
-def run(opts: TrainOptions) -> dict:
+def run(spec: RunSpec) -> dict:
     """Train (or resume) and return a summary: where the checkpoint and samples are."""
-    p = plan(opts)  # config, batch split, dataset and storage checked before Ray starts
-    start_ray("train", verbose=opts.verbose)
-    gpus = 1.0 if opts.gpu else 0.0
-    warning = preflight(Needs(opts.workers, opts.cpus_per_worker, gpus), strict=not cluster_can_grow())
-    shared = local_paths_warning({"--data": p.data, "--storage": None if p.storage_fs else p.storage_path},
+    start_ray("train", verbose=spec.verbose)
+    gpus = 1.0 if spec.gpu else 0.0
+    warning = preflight(Needs(spec.workers, spec.cpus_per_worker, gpus), strict=not cluster_can_grow())
+    shared = local_paths_warning({"--data": spec.data, "--storage": None if spec.s3 else spec.storage},
                                  other_node_ips())
     for w in (warning, shared):
         if w:
             print(f"alae-ray train: warning: {w}", file=sys.stderr, flush=True)
-    trainer, info = build_trainer(opts, p)
-    result = fit(trainer, info, opts.stall_timeout_s)
+    trainer, board = build_trainer(spec)
+    result = fit(trainer, spec, board)
     ckpt = result.checkpoint
-    summary = {"name": info["name"], "data": info["data"], "artifacts": info["artifacts"],
+    summary = {"name": spec.name, "data": spec.data, "artifacts": spec.artifacts_shown,
                "checkpoint": ckpt.path if ckpt is not None else None,
                "kimg": (result.metrics or {}).get("kimg"), "metrics": result.metrics}
-    v = p.validation
+    v = spec.validation
     if v is not None and v.keep_best and result.best_checkpoints:  # sorted worst to best
         best, metrics = result.best_checkpoints[-1]
         if metrics.get(v.keep_best) == metrics.get(v.keep_best):  # not NaN: its judge ran
@@ -244,7 +228,7 @@ def run(opts: TrainOptions) -> dict:
                                "kimg": metrics.get("kimg")}
     judgement = None
     try:  # the run is done and saved whatever its judge says
-        judgement = judge_final(ckpt, p.cfg, p.manifest.source) if ckpt is not None else None
+        judgement = judge_final(ckpt, spec.config, open_dataset(spec.data).source) if ckpt is not None else None
     except (ValueError, OSError) as exc:
         print(f"alae-ray train: warning: the final judge of {ckpt.path} failed: {exc}", file=sys.stderr, flush=True)
     summary["judge"] = judgement.to_dict() if judgement is not None else None

@@ -183,27 +183,27 @@ class ValidationLog:
     records (posted to the progress board by the validation tasks) written into metrics.jsonl and
     TensorBoard as they arrive; at the end, a bounded wait for the last ones."""
 
-    def __init__(self, spec: dict | None, board: str | None, log):
-        self.spec, self.board, self.log = spec, board, log
+    def __init__(self, v: Validation | None, board: str | None, log):
+        self.v, self.board, self.log = v, board, log
         # records on the board before this worker (a restarted group): its predecessor logged them
-        self.seen = logged(board) if spec else 0
+        self.seen = logged(board) if v else 0
         self.waiting = 0  # validations asked for and not yet reported
 
     def request(self, metrics: dict, kimg: float, resolution: int):
         """(the metrics to report with a checkpoint, ``validation`` for ``ray.train.report``)."""
         import ray.train
 
-        spec = self.spec
-        if not spec or (spec["resolutions"] is not None and resolution not in spec["resolutions"]):
+        v = self.v
+        if v is None or not v.judges(resolution):
             return metrics, False
         self.waiting += 1
-        if spec["keep_best"]:  # NaN ranks a checkpoint worst until (unless) its judge has run
-            metrics = {**metrics, spec["keep_best"]: float("nan")}
+        if v.keep_best:  # NaN ranks a checkpoint worst until (unless) its judge has run
+            metrics = {**metrics, v.keep_best: float("nan")}
         return metrics, ray.train.ValidationTaskConfig(fn_kwargs={"kimg": kimg})
 
     def log_new(self, timeout_s: float = 10.0) -> int:
         """Writes the records posted since the last call; how many there were."""
-        if not self.spec:
+        if self.v is None:
             return 0
         new = records(self.board, self.seen, timeout_s)
         for record in new:
@@ -214,9 +214,9 @@ class ValidationLog:
 
     def wait_for_all(self) -> None:
         """Until every requested validation has reported, each gap bounded by the validation timeout."""
-        if not self.spec:
+        if self.v is None:
             return
-        gap = self.spec["timeout_s"] + 60.0  # a task's timeout, plus its start and the checkpoint's upload
+        gap = self.v.timeout_s + 60.0  # a task's timeout, plus its start and the checkpoint's upload
         last = time.monotonic()
         while self.waiting > 0:
             beat(self.board, f"rank 0: waiting for {self.waiting} validation(s) of checkpoints (they run one at a time)")

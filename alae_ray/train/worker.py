@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 
 from ..core.checkpoint import read_checkpoint, state_digest, write_checkpoint
-from ..core.config import ModelConfig, from_dict
+from ..core.config import ModelConfig
+from ..core.layers import downsample_to
 from ..core.loop import Tick, train
 from ..core.pacing import AUTO_BUDGET, AUTO_MIN_KIMG, CheckpointPacer
 from ..core.phases import ALAEPhases, NonFiniteLossError, Shard
@@ -36,6 +37,7 @@ from ..data.reader import open_dataset
 from ..data.storage import DatasetError
 from ..infra.board import beat
 from . import artifacts
+from .spec import RunSpec
 from .validation import ValidationLog
 
 
@@ -132,29 +134,32 @@ def _restore_rng(tensors: dict, phases: ALAEPhases) -> None:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    cfg = from_dict(config["cfg"])
+    """``config``: the run's ``RunSpec`` as a dict, its progress board's name, and what the driver
+    read for the workers (``fixed_reals``, ``held_out``)."""
+    spec = RunSpec.from_dict(config["spec"])
+    cfg = spec.config
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    torch.set_num_threads(spec.threads)
     data_context = ray.data.DataContext.get_current()
     data_context.execution_options.preserve_order = True  # the segments' order is the stream's
     data_context.enable_progress_bars = False  # one console line per tick instead
     phases = ALAEPhases(cfg, device, Shard(rank, world))
     board = config.get("board")
     beat(board, f"rank {rank} of {world} started on {socket.gethostname()}")
-    data = ShardStream(config["data"], cfg.train.seed, rank, world, config["flip"], config["shuffle_buffer"],
-                       config.get("data_resolution"), cfg.model, board, device)
-    out_dir = Path(config["artifacts_dir"])
+    data = ShardStream(spec.data, cfg.train.seed, rank, world, spec.flip, spec.shuffle_buffer,
+                       spec.data_resolution, cfg.model, board, device)
+    out_dir = spec.artifacts_dir
     fixed: dict[str, torch.Tensor] = {}
 
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and config.get("init_checkpoint"):  # a new run started from another run's checkpoint
-        progress = _init_from(config["init_checkpoint"], phases, device, rank, out_dir)
-        if config.get("init_data_position") and "data" in progress:
+    if checkpoint is None and spec.init_checkpoint:  # a new run started from another run's checkpoint
+        progress = _init_from(spec.init_checkpoint, phases, device, rank, out_dir)
+        if spec.init_data_position and "data" in progress:
             data.load_state_dict(progress["data"])
     if checkpoint is not None:
-        tensors, progress = _read_resumable(checkpoint, config["run_uri"], device, board)
+        tensors, progress = _read_resumable(checkpoint, spec.run_uri, device, board)
         phases.load(tensors, progress)
         _restore_rng(tensors, phases)
         data.load_state_dict(progress["data"])
@@ -164,26 +169,26 @@ def train_loop_per_worker(config: dict) -> None:
     # the grids' z, kept in every checkpoint so that a resumed run's grids compare with the earlier ones
     fixed.setdefault("z", torch.randn(16, cfg.model.latent_size, generator=torch.Generator().manual_seed(1234)))
 
-    if rank == 0 and config.get("artifacts_upload"):
-        artifacts.restore_log(out_dir, config["artifacts_upload"])  # a restart elsewhere: append, not overwrite
+    if rank == 0 and spec.artifacts_upload:
+        artifacts.restore_log(out_dir, spec.artifacts_upload)  # a restart elsewhere: append, not overwrite
     log = artifacts.MetricsLog(out_dir) if rank == 0 else None
     evaluator = None
-    if rank == 0 and config.get("objective"):  # tuning: an objective on a fixed held-out batch every tick
+    if rank == 0 and spec.objective:  # tuning: an objective on a fixed held-out batch every tick
         from .objective import Evaluator
 
-        evaluator = Evaluator(config["objective"], config["held_out"], cfg.model, device)
+        evaluator = Evaluator(spec.objective, config["held_out"], cfg.model, device)
     placement = _gather({"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
                          "host": socket.gethostname(), "pid": os.getpid(), "device": str(device)})
     if rank == 0:  # where each worker ran: for people debugging a cluster, and for the cluster test
         (out_dir / "workers.json").write_text(json.dumps(placement, indent=2))
-    fixed_kimg = config["checkpoint_kimg"]  # None: paced automatically
+    fixed_kimg = spec.checkpoint_kimg  # None: paced automatically
     pacer = CheckpointPacer(max(1, round((fixed_kimg or AUTO_MIN_KIMG) * 1000)), phases.images_seen,
                             None if fixed_kimg else AUTO_BUDGET)
     since = [time.perf_counter(), phases.images_seen]  # when and where the last checkpoint ended
-    max_kimg = config["max_kimg"]
+    max_kimg = spec.max_kimg
     stop = round(max_kimg * 1000)
-    fail_at = config.get("fail_at_kimg")  # for the fault-tolerance test: one crash, once per run
-    validation = ValidationLog(config.get("validation"), board, log) if rank == 0 else None
+    fail_at = spec.fail_at_kimg  # for the fault-tolerance test: one crash, once per run
+    validation = ValidationLog(spec.validation, board, log) if rank == 0 else None
     t0 = time.perf_counter()
 
     def on_tick(tick: Tick) -> None:
@@ -204,7 +209,7 @@ def train_loop_per_worker(config: dict) -> None:
             log.write(metrics)
             # the driver prints it: one line per tick, with or without Ray's own worker logs
             beat(board, f"training at {tick.kimg:.3f} kimg ({s.resolution}px)",
-                 say=artifacts.console_line(metrics, max_kimg) if config.get("console", True) else None)
+                 say=artifacts.console_line(metrics, max_kimg) if spec.console else None)
         if due:
             ckpt = None
             if rank == 0:  # written to local disk now, uploaded by Ray Train in the background
@@ -220,7 +225,8 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0 and tick.images_seen >= stop:
                 validation.wait_for_all()  # the last checkpoint's judge in metrics.jsonl before the upload
             if rank == 0:  # after the checkpoint: a failure here is a warning, never a lost checkpoint
-                _publish(phases, s, fixed, out_dir, tick.kimg, config, log if tick.images_seen >= stop else None, board)
+                _publish(phases, s, fixed, out_dir, tick.kimg, config["fixed_reals"], spec.artifacts_upload,
+                         log if tick.images_seen >= stop else None, board)
             # Rank 0 stood still longest (the write, samples, artifacts): its figures pace every rank.
             now = time.perf_counter()
             per_image = (c0 - since[0]) / max(1, tick.images_seen - since[1])
@@ -234,7 +240,7 @@ def train_loop_per_worker(config: dict) -> None:
             os._exit(1)  # a hard crash of one worker process, not an exception
 
     try:
-        train(phases, data, max_kimg=max_kimg, tick_kimg=config["tick_kimg"], on_tick=on_tick)
+        train(phases, data, max_kimg=max_kimg, tick_kimg=spec.tick_kimg, on_tick=on_tick)
     except NonFiniteLossError as exc:
         # Not an exception for Ray Train to retry (a restart from the last checkpoint would meet the
         # same NaN): every rank stops here, and the driver raises it (the board carries the message).
@@ -271,7 +277,7 @@ def _marker(out_dir: Path) -> Path:
     return out_dir / "fault-injected.txt"
 
 
-def _publish(phases: ALAEPhases, stage: Stage, fixed: dict, out_dir: Path, kimg: float, config: dict,
+def _publish(phases: ALAEPhases, stage: Stage, fixed: dict, out_dir: Path, kimg: float, reals, upload: str | None,
              final_log, board: str | None) -> None:
     """Rank 0, after a checkpoint: the grids, the loss plot at the end, the artifacts' upload. Each is
     tried a few times; one that still fails is a console warning and is tried again at the next
@@ -279,14 +285,13 @@ def _publish(phases: ALAEPhases, stage: Stage, fixed: dict, out_dir: Path, kimg:
     def warn(line: str) -> None:
         beat(board, line, say=f"warning: {line}")
 
-    artifacts.attempt("writing the sample grids", lambda: _write_samples(phases, stage, fixed, out_dir, kimg, config),
+    artifacts.attempt("writing the sample grids", lambda: _write_samples(phases, stage, fixed, out_dir, kimg, reals),
                       warn)
     if final_log is not None:
         artifacts.attempt("plotting the losses", lambda: artifacts.plot_losses(final_log.path, out_dir / "losses.png"),
                           warn)
-    if config.get("artifacts_upload"):
-        artifacts.attempt(f"uploading the artifacts to {config['artifacts_upload']}",
-                          lambda: artifacts.upload(out_dir, config["artifacts_upload"]), warn)
+    if upload:
+        artifacts.attempt(f"uploading the artifacts to {upload}", lambda: artifacts.upload(out_dir, upload), warn)
 
 
 def _read_resumable(checkpoint, run_uri: str, device, board: str | None) -> tuple[dict, dict]:
@@ -324,17 +329,13 @@ def _read_resumable(checkpoint, run_uri: str, device, board: str | None) -> tupl
         candidate = ray.train.Checkpoint(loc.path, filesystem=loc.fs)
 
 
-def _write_samples(phases: ALAEPhases, stage: Stage, fixed: dict, out_dir: Path, kimg: float, config: dict) -> None:
-    """Grids from the EMA model: fixed z (kept in the checkpoint) and fixed held-out reals."""
-    reals = config.get("fixed_reals")  # uint8 [n, C, R, R] at the top resolution, from the driver
+def _write_samples(phases: ALAEPhases, stage: Stage, fixed: dict, out_dir: Path, kimg: float, reals) -> None:
+    """Grids from the EMA model: fixed z (kept in the checkpoint) and fixed held-out ``reals`` (uint8
+    [n, C, R, R] at the top resolution, from the driver)."""
     if reals is None:
         return
     x = from_uint8(torch.from_numpy(np.asarray(reals)), phases.cfg.model).to(phases.device)
-    if phases.cfg.model.kind == "mlp":
-        x = x.flatten(1)
-    else:
-        while x.shape[-1] > stage.resolution:
-            x = torch.nn.functional.avg_pool2d(x, 2)
+    x = x.flatten(1) if phases.cfg.model.kind == "mlp" else downsample_to(x, stage.resolution)
     t = phases.cfg.train
     artifacts.sample_grids(phases.ema, stage.level, stage.alpha, fixed["z"].to(phases.device), x, out_dir,
                            tag=f"{kimg:08.2f}kimg", psi=t.truncation_psi, cutoff=t.truncation_cutoff)

@@ -241,7 +241,7 @@ def run_sweep(opts: TuneOptions) -> dict:
 
     from .console import SweepConsole, ray_output
     from .export import best_preset_text, best_row, to_csv, to_markdown, trial_rows
-    from .trainable import run_trial
+    from .trainable import Slots, TrialContext, run_trial
 
     start_ray("tune", verbose=opts.verbose >= 2,
               runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}})
@@ -254,12 +254,9 @@ def run_sweep(opts: TuneOptions) -> dict:
         if w:
             print(f"alae-ray tune: warning: {w}", file=sys.stderr, flush=True)
     s = plan.sweep
-    ctx = {"plan": plan, "data": data, "trials_storage": f"{'s3://' if fs is not None else ''}{store.path}/trials",
-           "shuffle_buffer": opts.shuffle_buffer, "fail_at_kimg": opts.fail_at_kimg}
-    if s.scheduler.kind in POPULATION:
-        from .trainable import Slots
-
-        ctx["slots"] = Slots.remote(concurrency)
+    ctx = TrialContext(plan, data, f"{'s3://' if fs is not None else ''}{store.path}/trials",
+                       shuffle_buffer=opts.shuffle_buffer, fail_at_kimg=opts.fail_at_kimg,
+                       slots=Slots.remote(concurrency) if s.scheduler.kind in POPULATION else None)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"CPU": s.trial.driver_cpus})
     console = [SweepConsole([p.key for p in s.space], s.trial.kimg)] if opts.verbose == 1 else None
     exp = store.path

@@ -1,6 +1,7 @@
 """The Tune function trainable: one trial = one Ray Train run (``alae_ray.train.run``).
 
-Each trial writes its sampled config as a preset, builds the usual TorchTrainer with
+Each trial describes its Train run with its sampled config (``trial_spec``; a copy of the config is
+kept beside Tune's trial files as ``preset.yaml``), builds the usual TorchTrainer with
 ``TuneReportCallback`` (every training tick becomes a Tune result, carrying the objective and
 ``trial_kimg``, the kimg trained in this trial: ASHA's clock), and fits it. The Train run is named
 after the trial id under ``<experiment>/trials``, so a trial re-run after the sweep was interrupted
@@ -26,12 +27,16 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from ..train.objective import DIVERGED
+from ..train.spec import RunSpec
+from .sweep import SweepPlan
 
 
 class ReportToTune(TuneReportCallback):
@@ -82,61 +87,71 @@ def _last_metrics(artifacts: str) -> dict:
         return {}
 
 
-def trial_options(plan, params: dict, trial_id: str, ctx: dict, preset_path: str, *, max_kimg: float | None = None,
-                  init: str | None = None):
-    """The TrainOptions of one trial, or of one member's segment up to ``max_kimg`` from ``init``
-    (pure: used by the trainables and by tests)."""
-    from ..train.run import TrainOptions
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a sweep shares (``tune.with_parameters`` hands it to each)."""
 
+    plan: SweepPlan
+    data: str  # the dataset every trial reads
+    trials_storage: str  # where the trials' Train runs go: <experiment>/trials
+    shuffle_buffer: int = 2048  # the sweep's (recorded in sweep.json: part of each run's definition)
+    fail_at_kimg: float | None = None  # testing: in each trial's Train run one worker crashes once here
+    slots: Any = None  # population sweeps: the Slots actor members take turns through
+
+
+def trial_spec(ctx: TrialContext, params: dict, name: str, *, max_kimg: float | None = None,
+               init: str | None = None) -> RunSpec:
+    """The Train run of one trial (named ``name``), or of one member's segment up to ``max_kimg`` from
+    ``init``: the trial's sampled config, as it is, with the sweep's trial settings."""
+    from ..train.run import TrainOptions, describe
+
+    plan = ctx.plan
     s = plan.sweep
     o, t = s.objective, s.trial
-    return TrainOptions(
-        preset=preset_path, data=ctx["data"], storage=ctx["trials_storage"], name=trial_id,
+    opts = TrainOptions(
+        data=ctx.data, storage=ctx.trials_storage, name=name,
         workers=t.workers, gpu=t.gpu, cpus_per_worker=t.cpus_per_worker, max_kimg=max_kimg or plan.max_kimg,
         tick_kimg=o.every_kimg, checkpoint_kimg=t.checkpoint_kimg or o.every_kimg, keep=2,
         max_failures=t.max_failures, stall_timeout_s=t.stall_timeout_s, console=False,
-        shuffle_buffer=ctx.get("shuffle_buffer", 2048),
+        shuffle_buffer=ctx.shuffle_buffer,
         init_checkpoint=init or (s.start.checkpoint if s.start else None), init_data_position=init is not None,
-        objective=dataclasses.asdict(o), fail_at_kimg=ctx.get("fail_at_kimg"),
+        objective=dataclasses.asdict(o), fail_at_kimg=ctx.fail_at_kimg,
         validate="off",  # a trial reports its sweep's objective every tick; judges cost CPU beside trials
     )
+    return describe(opts, config=plan.config(params, name=name))
 
 
-def _write_preset(plan, config: dict, name: str) -> str:
+def _keep_preset(spec: RunSpec) -> None:
+    """A copy of the trial's config beside Tune's own trial files, for people (loadable as a preset)."""
     from ray import tune
 
     from ..core.config import save_yaml
 
-    cfg = plan.config(config, name=name)
-    preset = Path(tempfile.mkdtemp(prefix=f"alae-tune-{name}-")) / "preset.yaml"
-    save_yaml(cfg, preset)
-    try:  # a copy beside Tune's own trial files, for people
-        save_yaml(cfg, Path(tune.get_context().get_trial_dir()) / "preset.yaml")
+    try:
+        save_yaml(spec.config, Path(tune.get_context().get_trial_dir()) / "preset.yaml")
     except OSError:
         pass
-    return str(preset)
 
 
-def run_trial(config: dict, ctx: dict) -> None:
+def run_trial(config: dict, ctx: TrialContext) -> None:
     """Tune entry point (wrapped in ``tune.with_parameters(run_trial, ctx=...)``)."""
     from ray import tune
 
     from ..train.run import build_trainer, fit
 
-    plan = ctx["plan"]
-    if ctx.get("slots"):
+    plan = ctx.plan
+    if ctx.slots is not None:
         return run_member(config, ctx)
     trial_id = tune.get_context().get_trial_id()
-    preset = _write_preset(plan, config, f"{plan.sweep.name}-{trial_id}")
-    opts = trial_options(plan, config, trial_id, ctx, preset)
-    opts.callbacks = [ReportToTune(plan.start_kimg)]
-    trainer, info = build_trainer(opts)
+    spec = trial_spec(ctx, config, f"{plan.sweep.name}-{trial_id}")
+    _keep_preset(spec)
+    trainer, board = build_trainer(spec, callbacks=[ReportToTune(plan.start_kimg)])
     try:
-        fit(trainer, info, opts.stall_timeout_s)
+        fit(trainer, spec, board)
     except Exception as exc:
         if not diverged(exc):
             raise
-        tune.report(diverged_result(exc, info["artifacts"], plan, plan.start_kimg))
+        tune.report(diverged_result(exc, spec.artifacts_shown, plan, plan.start_kimg))
 
 
 # --- population members --------------------------------------------------------------------------
@@ -228,13 +243,13 @@ def _start_state(plan, start) -> tuple[str | None, float, list]:
     return checkpoint_uri(start), kimg, history
 
 
-def run_member(config: dict, ctx: dict) -> None:
+def run_member(config: dict, ctx: TrialContext) -> None:
     """A population member: segments up to each perturbation point (see the module doc)."""
     from ray import tune
 
     from ..train.run import build_trainer, fit
 
-    plan, slots = ctx["plan"], ctx["slots"]
+    plan, slots = ctx.plan, ctx.slots
     trial_id = tune.get_context().get_trial_id()
     init, kimg, history = _start_state(plan, tune.get_checkpoint())
     values = {p.key: config[p.key] for p in plan.sweep.space}
@@ -246,18 +261,19 @@ def run_member(config: dict, ctx: dict) -> None:
         # segment (an interrupted sweep) resumes it, a new start (an exploit) is a new run.
         key = hashlib.sha256(json.dumps([init, values, point], sort_keys=True, default=str).encode()).hexdigest()[:8]
         name = f"{trial_id}-{round(kimg * 1000):09d}-{key}"
-        opts = trial_options(plan, config, name, ctx, _write_preset(plan, config, name), max_kimg=point, init=init)
+        spec = trial_spec(ctx, config, name, max_kimg=point, init=init)
+        _keep_preset(spec)
         failure = None
         with slot(slots, trial_id) as waited_s:
-            trainer, info = build_trainer(opts)  # its stall clock starts here, once the member may train
+            trainer, board = build_trainer(spec)  # its stall clock starts here, once the member may train
             try:
-                result = fit(trainer, info, opts.stall_timeout_s)
+                result = fit(trainer, spec, board)
             except Exception as exc:
                 if not diverged(exc):
                     raise
                 failure = exc
         if failure is not None:
-            tune.report({**diverged_result(failure, info["artifacts"], plan, kimg), "segment": segment})
+            tune.report({**diverged_result(failure, spec.artifacts_shown, plan, kimg), "segment": segment})
             return
         m = dict(result.metrics or {})
         history = history + [{"trial_id": trial_id, "from_kimg": kimg, "to_kimg": m["kimg"], "values": values,
