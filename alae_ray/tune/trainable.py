@@ -99,10 +99,11 @@ class TrialContext:
     slots: Any = None  # population sweeps: the Slots actor members take turns through
 
 
-def trial_spec(ctx: TrialContext, params: dict, name: str, *, max_kimg: float | None = None,
-               init: str | None = None) -> RunSpec:
-    """The Train run of one trial (named ``name``), or of one member's segment up to ``max_kimg`` from
-    ``init``: the trial's sampled config, as it is, with the sweep's trial settings."""
+def trial_spec(ctx: TrialContext, params: dict, name: str, *, config_name: str | None = None,
+               max_kimg: float | None = None, init: str | None = None) -> RunSpec:
+    """The Train run (named ``name``) of one trial, or of one member's segment up to ``max_kimg`` from
+    ``init``: the trial's sampled config as it is (named ``config_name``, default ``name``), with the
+    sweep's trial settings."""
     from ..train.run import TrainOptions, describe
 
     plan = ctx.plan
@@ -118,7 +119,7 @@ def trial_spec(ctx: TrialContext, params: dict, name: str, *, max_kimg: float | 
         objective=dataclasses.asdict(o), fail_at_kimg=ctx.fail_at_kimg,
         validate="off",  # a trial reports its sweep's objective every tick; judges cost CPU beside trials
     )
-    return describe(opts, config=plan.config(params, name=name))
+    return describe(opts, config=plan.config(params, name=config_name or name))
 
 
 def _keep_preset(spec: RunSpec) -> None:
@@ -143,7 +144,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     if ctx.slots is not None:
         return run_member(config, ctx)
     trial_id = tune.get_context().get_trial_id()
-    spec = trial_spec(ctx, config, f"{plan.sweep.name}-{trial_id}")
+    spec = trial_spec(ctx, config, trial_id, config_name=f"{plan.sweep.name}-{trial_id}")
     _keep_preset(spec)
     trainer, board = build_trainer(spec, callbacks=[ReportToTune(plan.start_kimg)])
     try:
