@@ -273,8 +273,8 @@ async def mount_ui(app, service: Service, path: str):
                                max_file_size=service.limits.max_upload_bytes, allowed_paths=[examples.directory])
 
 
-def build_app(args: ServeArgs | dict):
-    """The demo: the serving application (``alae_ray.serve.app.build_app``) with this UI at /ui, unless
-    ``ui`` is false. ``serve run apps.gradio_app:build_app checkpoint=...`` or deploy/serve.yaml."""
-    args = args if isinstance(args, ServeArgs) else ServeArgs(**args)
+def build_app(args: ServeArgs):
+    """The demo: the serving application (``alae_ray.serve.app.build_app``, which also takes a plain
+    dict) with this UI at /ui, unless ``ui`` is false. ``serve run apps.gradio_app:build_app
+    checkpoint=...`` or deploy/serve.yaml."""
     return serve_app.build_app(args, mount_ui)

@@ -73,16 +73,16 @@ class TrainOptions:
 def describe(opts: TrainOptions, config: Config | None = None) -> RunSpec:
     """The run ``opts`` asks for (with ``config``: that config instead of the preset's, as Tune's
     trials give), every check done before Ray starts, so bad input fails fast and clearly."""
-    init = checkpoint_info(opts.init_checkpoint) if opts.init_checkpoint else None
+    init, init_progress = checkpoint_info(opts.init_checkpoint) if opts.init_checkpoint else (None, None)
     if config is not None:
         cfg = config
     elif opts.preset is None and init is None:
         raise ConfigError("a preset is needed (or --init, whose checkpoint's config is then used)")
     else:
-        cfg = load_config(opts.preset if opts.preset is not None else init[0], opts.overrides)
-    if init is not None and init[0].model != cfg.model:  # its networks must be the ones this config builds
-        diff = [f"{k}: {getattr(init[0].model, k)} there, {getattr(cfg.model, k)} here"
-                for k in init[0].model.__dataclass_fields__ if getattr(init[0].model, k) != getattr(cfg.model, k)]
+        cfg = load_config(opts.preset if opts.preset is not None else init, opts.overrides)
+    if init is not None and init.model != cfg.model:  # its networks must be the ones this config builds
+        diff = [f"{k}: {getattr(init.model, k)} there, {getattr(cfg.model, k)} here"
+                for k in init.model.__dataclass_fields__ if getattr(init.model, k) != getattr(cfg.model, k)]
         raise ConfigError(f"--init {opts.init_checkpoint}: its model differs from preset {cfg.name!r} "
                           f"({'; '.join(diff)})")
     if opts.workers < 1:
@@ -99,8 +99,8 @@ def describe(opts: TrainOptions, config: Config | None = None) -> RunSpec:
         check_level_schemas(manifest, r)
     name = opts.name or cfg.name
     s3 = opts.storage.startswith("s3://")
-    storage = opts.storage if s3 else str(Path(opts.storage).expanduser().resolve())
-    storage_root(storage)  # an s3:// URI is resolved (and its bucket named) now
+    local_root, _ = storage_root(opts.storage)  # an s3:// URI is resolved (and its bucket named) now
+    storage = opts.storage if s3 else local_root
     # samples and metrics: beside the checkpoints, or (s3:// storage) in a local folder then uploaded;
     # resolved here, where the command was given, not in a worker's folder
     artifacts = opts.artifacts or (str(Path("runs") / name / "artifacts") if s3 else None)
@@ -109,7 +109,7 @@ def describe(opts: TrainOptions, config: Config | None = None) -> RunSpec:
         shuffle_buffer=opts.shuffle_buffer, name=name, storage=storage,
         artifacts=str(Path(artifacts).resolve()) if artifacts else None,
         max_kimg=opts.max_kimg if opts.max_kimg is not None else total_kimg(cfg),
-        start_kimg=init[1]["images_seen"] / 1000.0 if init is not None else 0.0,
+        start_kimg=init_progress["images_seen"] / 1000.0 if init is not None else 0.0,
         tick_kimg=opts.tick_kimg, checkpoint_kimg=opts.checkpoint_kimg, keep=opts.keep, workers=opts.workers,
         gpu=opts.gpu, cpus_per_worker=opts.cpus_per_worker, max_failures=max_failures(opts),
         stall_timeout_s=opts.stall_timeout_s, init_checkpoint=opts.init_checkpoint,
