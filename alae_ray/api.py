@@ -6,6 +6,7 @@
     x = model.decode(w)                                 # images
     x = model.reconstruct(images)                       # G(E(x))
     x = model.generate(seed=[1, 2, 3], psi=0.7)         # G(F(z)), truncated
+    w = model.map(z)                                    # F(z)
     x = model.mix(w_src, w_dst, "coarse")               # styles of a band from w_src, the rest from w_dst
     x = model.edit(w, 0, [-3, 0, 3])                     # along the strongest edit direction (SeFa)
     w, x = model.refine(images, steps=100)               # a sharper reconstruction, by optimising w
@@ -41,7 +42,7 @@ import torch
 from .core.bands import BANDS, band_layers
 from .core.checkpoint import CheckpointError, load_model
 from .core.config import Config, ModelConfig
-from .core.model import ALAE
+from .core.model import ALAE, mix_styles
 from .core.pixels import from_uint8, signed, to_uint8
 
 MAX_FORWARD = 64  # images per forward pass: bounds activation memory at large resolutions
@@ -131,7 +132,7 @@ class Model:
             x = images if images.dim() == 4 else images[None]
         else:
             x = torch.from_numpy(_uint8_batch(images, self.resolution, self.channels).copy())  # PIL's are read-only
-            x = signed(x.permute(0, 3, 1, 2))
+            x = signed(x.to(self.device).permute(0, 3, 1, 2))  # uint8 crosses to the device: a quarter of the bytes
         if x.shape[1] != self.channels or x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
             raise ValueError(f"{self.name}: images must be [N, {self.channels}, {self.resolution}, "
                              f"{self.resolution}] here, got {tuple(x.shape)}")
@@ -196,6 +197,12 @@ class Model:
         """G(E(x)): images in, reconstructions out."""
         return self.decode(self.encode(images), noise=noise, noise_seed=noise_seed)
 
+    @torch.inference_mode()
+    def map(self, z) -> torch.Tensor:
+        """F(z): w [N, L] for z [N, L] (or [L])."""
+        z = torch.as_tensor(z, dtype=torch.float32).to(self.device)
+        return self.network.map(z[None] if z.dim() == 1 else z)
+
     def latents(self, seeds: Sequence[int]) -> torch.Tensor:
         """z [N, L]: one CPU generator per seed, so a seed gives the same z on every device."""
         return torch.stack([_after_z(int(s), self.latent_size, keep=True) for s in seeds]).to(self.device)
@@ -250,9 +257,8 @@ class Model:
         src, dst = (self._code(v) for v in (w_src, w_dst))
         if len(src) != len(dst):
             raise ValueError(f"mix needs as many sources as destinations, got {len(src)} and {len(dst)}")
-        ws = self.network.broadcast(dst, self.level).clone()
-        ws[:, layers.start:layers.stop] = src.unsqueeze(1)
-        return self.decode(ws, noise=noise, noise_seed=noise_seed)
+        return self.decode(mix_styles(self.network.broadcast(dst, self.level), src, layers), noise=noise,
+                           noise_seed=noise_seed)
 
     def _code(self, v) -> torch.Tensor:
         if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim() <= 2:

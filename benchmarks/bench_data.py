@@ -6,7 +6,7 @@ Parquet read with pyarrow, at several levels.
 Builds a dataset of ``bedroom256 x copies`` distinct images (each copy flipped and/or cropped
 and resized back), prepares it to a local folder, uploads the same shards to a moto S3 server
 started as a subprocess on loopback, then times, per level, a consumer that turns every batch
-into a float tensor in [-1, 1] with random flips (``to_tensor_batch``):
+into a float tensor in [-1, 1] with training's flips, per (row id, epoch) (``to_tensor_batch``):
 
 - local pyarrow: ``iter_level_batches`` over the local shards (no Ray)
 - S3 pyarrow: the same over ``s3://`` (no Ray)
@@ -144,7 +144,7 @@ def main() -> int:
 
         import ray
 
-        from alae_ray.data import level_dataset
+        from alae_ray.data.ray_reader import level_dataset
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
         ray.data.DataContext.get_current().enable_progress_bars = False

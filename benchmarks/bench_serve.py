@@ -38,8 +38,8 @@ def make_checkpoint(directory: Path, preset: str = "tiny", kimg: float = 0.3) ->
 
     from alae_ray.core.checkpoint import write_checkpoint
     from alae_ray.core.config import load_config
-    from alae_ray.core.loop import TensorImages, train
     from alae_ray.core.phases import ALAEPhases
+    from alae_ray.core.session import TensorImages, train
 
     cfg = load_config(preset, [])
     phases = ALAEPhases(cfg)
@@ -137,7 +137,7 @@ def engine_only(checkpoint: str, device: str, batch_size: int, threads: int, sec
 
     torch.set_num_threads(threads)  # as in a Serve replica, where Ray sets OMP_NUM_THREADS to its num_cpus
     engine = open_engine(checkpoint, device=device)
-    r = engine.resolution
+    r = engine.model.resolution
     x = np.random.default_rng(0).integers(0, 256, (batch_size, r, r, 3), dtype=np.uint8)
     out = {}
     for bs in (1, batch_size):
@@ -146,10 +146,10 @@ def engine_only(checkpoint: str, device: str, batch_size: int, threads: int, sec
         while time.perf_counter() - start < seconds:
             engine.reconstruct(x[:bs])
             n += 1
-        if engine.device.type == "cuda":
+        if engine.model.device.type == "cuda":
             torch.cuda.synchronize()
         out[bs] = n * bs / (time.perf_counter() - start)
-    return {"device": engine.device.type, "resolution": r, "images_per_s": out,
+    return {"device": engine.model.device.type, "resolution": r, "images_per_s": out,
             "ratio": out[batch_size] / out[1]}
 
 

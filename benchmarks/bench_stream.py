@@ -57,8 +57,7 @@ def main() -> int:
 
         import ray
 
-        from alae_ray.data import level_dataset
-        from alae_ray.data.ray_reader import segments_dataset
+        from alae_ray.data.ray_reader import level_dataset, segments_dataset
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # a line per execution otherwise

@@ -291,11 +291,26 @@ def test_iter_batches_and_tensors(faces_s3):
     assert x.shape == (64, 3, 8, 8) and x.dtype == torch.float32
     assert torch.allclose(x, torch.from_numpy(batch["image"]).float() / 127.5 - 1)
     assert -1 <= x.min() and x.max() <= 1
-    g = torch.Generator().manual_seed(0)
-    y = to_tensor_batch(batch, flip=True, generator=g)
+    y = to_tensor_batch(batch, flip=True, epoch=0)
     flipped = [bool(torch.equal(y[i], x[i].flip(-1)) and not torch.equal(y[i], x[i])) for i in range(64)]
     kept = [bool(torch.equal(y[i], x[i])) for i in range(64)]
     assert all(f or k for f, k in zip(flipped, kept)) and 15 < sum(flipped) < 49
+    # training's rule: chosen per (row id, epoch), so the same rows flip in any batch order
+    order = np.arange(64)[::-1].copy()
+    assert torch.equal(to_tensor_batch({k: v[order] for k, v in batch.items()}, flip=True, epoch=0), y[order])
+    assert not torch.equal(to_tensor_batch(batch, flip=True, epoch=1), y)
+    with pytest.raises(ValueError, match="id"):
+        to_tensor_batch(batch["image"], flip=True)
+
+
+def test_half_the_rows_flip_each_epoch():
+    from alae_ray.core.pixels import mirror
+
+    x = torch.arange(2).view(1, 1, 1, 2).expand(10_000, 1, 1, 2)  # row i flipped: [1, 0]
+    flips = [mirror(x, np.arange(10_000), epoch)[:, 0, 0, 0] == 1 for epoch in range(3)]
+    assert all(0.48 < float(f.float().mean()) < 0.52 for f in flips)
+    assert torch.equal(flips[0], mirror(x, np.arange(10_000), 0)[:, 0, 0, 0] == 1)
+    assert not torch.equal(flips[0], flips[1])  # another epoch, other rows
 
 
 @pytest.mark.e2e

@@ -49,7 +49,7 @@ def _rows(ds, batch_size: int = 50) -> dict[str, np.ndarray]:
 
 
 def test_levels_through_ray_match_source_rows(ray_local, faces):
-    from alae_ray.data import level_dataset
+    from alae_ray.data.ray_reader import level_dataset
 
     for r in (32, 4):
         ref = read_level_numpy(faces, r, "train")
@@ -67,7 +67,7 @@ def test_levels_through_ray_match_source_rows(ray_local, faces):
 
 
 def test_every_epoch_is_a_new_shuffle_of_all_rows(ray_local, faces):
-    from alae_ray.data import level_dataset
+    from alae_ray.data.ray_reader import level_dataset
 
     for seed in (None, 7):
         ds = level_dataset(faces, 16, "train", seed=seed)
@@ -103,20 +103,19 @@ def test_each_rank_reads_its_slice_from_s3_in_the_planned_order(ray_local, faces
 
 
 def test_mnist_level_through_ray(ray_local, s3_bucket, shared_data):
-    from alae_ray.data import dataset_key, level_datasets
+    from alae_ray.data.ray_reader import level_dataset
 
     uri = f"{s3_bucket}/mnist"
-    prepare(open_source(str(shared_data / "mnist-t10k")), uri, PrepareOptions(progress=False))
-    dss = level_datasets(uri, "test")
-    assert list(dss) == [dataset_key(28)] == ["r28"]
-    rows = _rows(dss["r28"], batch_size=256)
+    m = prepare(open_source(str(shared_data / "mnist-t10k")), uri, PrepareOptions(progress=False))
+    assert m.resolutions == (28,)  # MNIST: one level
+    rows = _rows(level_dataset(uri, 28, "test"), batch_size=256)
     assert len(rows["id"]) == 1000 and rows["image"].shape == (1000, 1, 28, 28)
     assert set(rows["label"].tolist()) == set(range(10))
     assert to_tensor_batch(rows).flatten(1).shape == (1000, 784)  # what the MLP model takes
 
 
 def test_wrong_schema_fails_before_reading(ray_local, s3_bucket, shared_data):
-    from alae_ray.data import level_dataset
+    from alae_ray.data.ray_reader import level_dataset
 
     uri = f"{s3_bucket}/bad"
     m = prepare(open_source(str(shared_data / "faces128"), resolution=8), uri, PrepareOptions(progress=False))

@@ -47,16 +47,16 @@ def tiny_checkpoint(tmp_path_factory, train_checkpoint):
 def test_distributed_and_single_process_fid_agree(ray_cluster, torch_home, tiny_checkpoint):
     from alae_ray.eval.distributed import RayRunner
     from alae_ray.eval.metrics import LocalRunner
-    from alae_ray.eval.sampling import open_image_model
+    from alae_ray.eval.sampling import open_model
     from alae_ray.metrics.networks import resolve_weight_file
 
-    im = open_image_model(tiny_checkpoint, level=1)  # 8x8 images: cheap to generate
-    local = LocalRunner(im)
+    model = open_model(tiny_checkpoint, level=1)  # 8x8 images: cheap to generate
+    local = LocalRunner(model)
     weights = {k: resolve_weight_file(k) for k in ("inception", "vgg", "lpips")}
     # nothing was downloaded: the test's random weights, or LPIPS's linear layers shipped with `lpips`
     assert str(torch_home) in weights["inception"] and str(torch_home) in weights["vgg"]
     assert Path(weights["lpips"]).is_file()
-    remote = RayRunner(im, tiny_checkpoint, workers=2, weights=weights, threads=1)
+    remote = RayRunner(model, tiny_checkpoint, workers=2, weights=weights, threads=1)
     try:
         assert remote.inception_fingerprint() == local.inception_fingerprint()
         real = [np.random.default_rng(i).integers(0, 256, (6, 3, 8, 8), dtype=np.uint8) for i in range(3)]

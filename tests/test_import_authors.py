@@ -180,7 +180,7 @@ def test_serve_eval_and_train_accept_it(ref, tmp_path, capsys):
     import numpy as np
 
     from alae_ray.core.config import ConfigError
-    from alae_ray.eval.sampling import open_image_model
+    from alae_ray.eval.sampling import open_model
     from alae_ray.serve.engine import open_engine
     from alae_ray.train.run import TrainOptions, describe
 
@@ -190,9 +190,9 @@ def test_serve_eval_and_train_accept_it(ref, tmp_path, capsys):
     assert engine.info()["resolution"] == 32 and engine.info()["style_layers"] == 8
     faces = engine.generate(np.array([1, 2]), np.array([0.7, 0.7]))
     assert faces.shape == (2, 32, 32, 3) and faces.dtype == np.uint8
-    im = open_image_model(str(out))
-    assert (im.level, im.resolution) == (3, 32)
-    assert im.reconstruct(torch.zeros(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+    model = open_model(str(out))
+    assert (model.level, model.resolution) == (3, 32)
+    assert model.reconstruct(torch.zeros(2, 3, 32, 32)).shape == (2, 3, 32, 32)
     # train --init: the checkpoint's networks must be the preset's; checked before any data or Ray
     with pytest.raises(ConfigError, match="its model differs from preset 'tiny'.*latent_size: 32 there, 64 here"):
         describe(TrainOptions(preset="tiny", init_checkpoint=str(out)))

@@ -179,13 +179,13 @@ def test_engine_matches_the_model(engine):
     assert np.abs(engine.synthesize(w).astype(int) - rec.astype(int)).max() <= 1
     # one image alone gives what it gives inside a batch
     assert np.allclose(engine.encode(imgs[2:3]), w[2:3], atol=1e-4)
-    # mix: the core's mix_styles, layer for layer
-    from alae_ray.serve.engine import mix_codes
+    # the serving grid of mixes: cell (d, s) is the API's mix, layer for layer
+    from alae_ray.serve.service import Service
 
-    ws = mix_codes(w[:2], w[2:4], range(0, 2), 8)  # [D=2, S=2, 8, 64]
-    got = engine.synthesize(ws.reshape(-1, 8, 64))
-    ref = engine.api.mix(torch.from_numpy(w[1:2]), torch.from_numpy(w[3:4]), range(0, 2))
-    assert np.abs(got[3].astype(int) - engine.api.to_uint8(ref)[0].astype(int)).max() <= 1
+    got, rng = asyncio.run(Service(LocalBackend(engine), engine.info()).mix(list(imgs[:2]), list(imgs[2:4]), "0:2"))
+    assert rng == range(0, 2) and got.images.shape == (4, 32, 32, 3)  # [D=2, S=2] cells
+    ref = engine.model.mix(torch.from_numpy(w[1:2]), torch.from_numpy(w[3:4]), range(0, 2))
+    assert np.abs(got.images[3].astype(int) - engine.model.to_uint8(ref)[0].astype(int)).max() <= 1
 
 
 def test_device_choice():
@@ -203,10 +203,11 @@ def test_generate_is_deterministic_and_truncates(engine):
     b = engine.generate(np.array([2]), np.array([0.7]))
     assert np.array_equal(a[1], b[0]) and not np.array_equal(a[0], a[1])
     # psi = 0 on every style input collapses every seed onto the average code (only noise differs)
-    ws = engine.api.styles(seed=[1, 2], psi=0.0, cutoff=engine.style_layers)
-    assert torch.equal(ws[0], ws[1]) and torch.equal(ws[0], engine.model.w_avg[:engine.style_layers])
+    m = engine.model
+    ws = m.styles(seed=[1, 2], psi=0.0, cutoff=m.style_layers)
+    assert torch.equal(ws[0], ws[1]) and torch.equal(ws[0], m.network.w_avg[:m.style_layers])
     # psi = 1 leaves F(z) as it is
-    assert torch.equal(engine.api.styles(seed=[3], psi=1.0)[0, 0], engine.model.F(engine.api.latents([3]))[0])
+    assert torch.equal(m.styles(seed=[3], psi=1.0)[0, 0], m.map(m.latents([3]))[0])
 
 
 def test_outputs_become_uint8_one_forward_chunk_at_a_time(engine):
@@ -216,11 +217,12 @@ def test_outputs_become_uint8_one_forward_chunk_at_a_time(engine):
     n = MAX_FORWARD + 3
     seeds, psis = np.arange(n), np.full(n, 0.7, np.float32)
     got = engine.generate(seeds, psis)
-    want = engine.api.to_uint8(engine.api.generate(seeds.tolist(), psi=psis, cutoff=engine.cutoff))
+    m = engine.model
+    want = m.to_uint8(m.generate(seeds.tolist(), psi=psis, cutoff=engine.info()["truncation_cutoff"]))
     assert got.shape == (n, 32, 32, 3) and got.dtype == np.uint8 and np.array_equal(got, want)
     ws = engine.encode(got)
-    assert np.array_equal(engine.synthesize(ws), engine.api.to_uint8(engine.api.decode(ws)))
-    assert np.array_equal(engine.reconstruct(got)[0], engine.api.to_uint8(engine.api.reconstruct(got)))
+    assert np.array_equal(engine.synthesize(ws), m.to_uint8(m.decode(ws)))
+    assert np.array_equal(engine.reconstruct(got)[0], m.to_uint8(m.reconstruct(got)))
 
 
 def test_checkpoint_mismatch_names_the_checkpoint(tiny_checkpoint, tmp_path):

@@ -102,9 +102,11 @@ class ALAE(nn.Module):
                     noise_images=None) -> torch.Tensor:
         return self.decode(self.E(x, level, alpha), level, alpha, noise, noise_images)
 
-    def mix_styles(self, w_src: torch.Tensor, w_dst: torch.Tensor, level: int, layers: range,
-                   noise=True) -> torch.Tensor:
-        """Generate from w_dst with the style inputs in ``layers`` taken from w_src (Figure 9)."""
-        ws = self.broadcast(w_dst, level).clone()
-        ws[:, layers.start:layers.stop] = w_src.unsqueeze(1)
-        return self.decode(ws, level, 1.0, noise)
+
+def mix_styles(ws: torch.Tensor, w: torch.Tensor, layers: range) -> torch.Tensor:
+    """Per-style-input codes ws [..., S, L] with the inputs in ``layers`` taken from w [..., L] (the
+    paper's Figure 9); a new tensor. Leading dimensions broadcast, so ws [D, 1, S, L] and w [1, K, L]
+    give the [D, K, S, L] grid of every destination with every source's styles."""
+    take = torch.zeros(ws.shape[-2], 1, dtype=torch.bool, device=ws.device)
+    take[layers.start:layers.stop] = True
+    return torch.where(take, w.unsqueeze(-2), ws)

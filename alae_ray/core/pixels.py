@@ -36,8 +36,7 @@ def ingest(images: np.ndarray, ids: np.ndarray, epoch: int, m: ModelConfig, devi
     """A stored batch (uint8 [n, C, R, R] and row ids) as the networks' input on ``device``.
 
     uint8 crosses to the device (a quarter of float32's bytes; from pinned memory on a GPU, so the
-    copy does not wait); the flips, chosen per (row id, epoch) so that a resumed run flips alike,
-    and the scaling run there.
+    copy does not wait); the flips (``mirror``) and the scaling run there.
     """
     with warnings.catch_warnings():  # Ray Data's batches are read-only Arrow memory; x is never written
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -46,8 +45,14 @@ def ingest(images: np.ndarray, ids: np.ndarray, epoch: int, m: ModelConfig, devi
         x = x.pin_memory()
     x = x.to(device, non_blocking=True)
     if flip:
-        ids = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(device, non_blocking=True)
-        mask = ((ids * 2654435761 + epoch * 40503) >> 11) & 1
-        x = torch.where(mask.bool().view(-1, 1, 1, 1), x.flip(-1), x)
+        x = mirror(x, ids, epoch)
     x = from_uint8(x, m)
     return x.flatten(1) if m.kind == "mlp" else x
+
+
+def mirror(x: torch.Tensor, ids, epoch: int) -> torch.Tensor:
+    """Images [N, C, R, R] with about half of them mirrored left-right, chosen per (row id, epoch):
+    the same rows whoever reads them and however they are batched, so a resumed run flips alike."""
+    ids = torch.tensor(np.asarray(ids, dtype=np.int64)).to(x.device, non_blocking=True)  # a copy: ids may be read-only
+    take = ((ids * 2654435761 + epoch * 40503) >> 11) & 1
+    return torch.where(take.bool().view(-1, 1, 1, 1), x.flip(-1), x)

@@ -2,18 +2,16 @@
 
 ``segments_dataset``: the rows of given segments, in order (what ``alae-ray train``'s workers read,
 epoch by epoch, following ``alae_ray.data.stream``'s plan). ``level_dataset``: a whole level, for
-your own pipelines, e.g. a TorchTrainer of your own::
+your own pipelines::
 
     manifest = open_dataset("s3://bucket/ffhq")
-    trainer = TorchTrainer(loop, datasets=level_datasets(manifest), ...)   # every level, lazily
+    ds = level_dataset(manifest, 64, "train")          # rows: image uint8 [C, R, R], id, key, ...
+    for epoch in range(epochs):
+        for batch in ds.iter_batches(batch_size=b, batch_format="numpy"):
+            x = to_tensor_batch(batch, flip=True, epoch=epoch)   # float32 [N, C, R, R] in [-1, 1]
 
-    # in the worker, when the schedule enters a level:
-    shard = ray.train.get_dataset_shard(dataset_key(resolution))
-    for batch in shard.iter_batches(batch_size=b, batch_format="numpy"):
-        x = to_tensor_batch(batch, flip=True)          # float32 [N, C, R, R] in [-1, 1]
-
-Datasets are lazy: a level's shards are fetched only when some worker iterates it, so a 4x4
-phase never downloads 1024x1024 bytes. Every iteration (epoch) reshuffles.
+Datasets are lazy: a level's shards are fetched only when it is iterated. Every iteration (epoch)
+reshuffles.
 """
 
 from __future__ import annotations
@@ -32,11 +30,6 @@ from .storage import Location
 from .stream import Segment, read_segment
 
 Shuffle = Literal["rows", "files", "none"]
-
-
-def dataset_key(resolution: int) -> str:
-    """Name of a level's dataset in ``TorchTrainer(datasets=...)``: ``"r4"``, ``"r8"``, ..."""
-    return f"r{resolution}"
 
 
 def _decode(table: pa.Table, channels: int, resolution: int) -> dict[str, np.ndarray]:
@@ -99,9 +92,3 @@ def level_dataset(manifest: Manifest | str, resolution: int, split: str = "train
         ds = ds.random_shuffle(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True) if seed is not None else None)
     return ds
 
-
-def level_datasets(manifest: Manifest | str, split: str = "train", resolutions: list[int] | None = None,
-                   **kwargs) -> dict[str, ray.data.Dataset]:
-    """``{dataset_key(r): level_dataset(...)}`` for every level (or the given ones)."""
-    m = manifest if isinstance(manifest, Manifest) else open_dataset(manifest)
-    return {dataset_key(r): level_dataset(m, r, split, **kwargs) for r in (resolutions or m.resolutions)}

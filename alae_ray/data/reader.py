@@ -123,16 +123,17 @@ def iter_level_batches(manifest: Manifest | str, resolution: int, split: str = "
         yield carry
 
 
-def to_tensor_batch(batch: Mapping[str, Any] | Any, flip: bool = False, generator=None, device=None):
+def to_tensor_batch(batch: Mapping[str, Any] | Any, flip: bool = False, epoch: int = 0, device=None):
     """uint8 images (NumPy or torch, [N, C, R, R]; or a batch dict with ``image``) as a float32
-    torch tensor in [-1, 1]; ``flip`` mirrors each image horizontally with probability 1/2.
+    torch tensor in [-1, 1]; ``flip`` mirrors about half of the images horizontally, chosen per
+    (row id, ``epoch``) as training does (``alae_ray.core.pixels.mirror``: needs the batch's ``id``).
 
     The conversion happens here, on the consumer, so uint8 (4x smaller than float32) is what
     travels through Ray's object store.
     """
     import torch
 
-    from ..core.pixels import signed
+    from ..core.pixels import mirror, signed
 
     images = batch["image"] if isinstance(batch, Mapping) else batch
     if isinstance(images, torch.Tensor):
@@ -143,12 +144,12 @@ def to_tensor_batch(batch: Mapping[str, Any] | Any, flip: bool = False, generato
             x = torch.from_numpy(np.ascontiguousarray(images))
     if x.dtype != torch.uint8 or x.dim() != 4:
         raise ValueError(f"expected uint8 images [N, C, R, R], got {x.dtype} {tuple(x.shape)}")
-    if flip and len(x):
-        # Flip the uint8 pixels (a quarter of the bytes of floats), then convert once.
-        mask = (torch.rand(len(x), generator=generator) < 0.5).view(-1, 1, 1, 1)
-        x = torch.where(mask, x.flip(-1), x)
+    if flip and not (isinstance(batch, Mapping) and "id" in batch):
+        raise ValueError("flip needs a batch dict with the rows' id: flips are chosen per (row id, epoch)")
     if device is not None:
         x = x.to(device, non_blocking=True)
+    if flip:
+        x = mirror(x, batch["id"], epoch)  # the uint8 pixels (a quarter of the bytes of floats)
     return signed(x)
 
 

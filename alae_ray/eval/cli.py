@@ -66,19 +66,19 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _mnist_rows(args, im) -> list[dict]:
+def _mnist_rows(args, model) -> list[dict]:
     from ..data.idx import load_mnist
     from .mnist_models import load_plain_autoencoder
     from .mnist_protocol import encoder_features, pixel_features, run_protocol
     from .real_images import _mnist_folder, mnist_split_name
 
-    if im.cfg.model.kind != "mlp":
+    if model.cfg.model.kind != "mlp":
         raise ValueError("mnist_protocol needs an MLP ALAE checkpoint (preset mnist)")
     folder = _mnist_folder(args.data or "")
     if folder is None:
         raise ValueError("mnist_protocol needs --data pointing at MNIST IDX files")
     images, labels = load_mnist(folder, mnist_split_name(args.split))
-    feats = {"alae": encoder_features(im.model.E, images), "pixels": {"raw": pixel_features(images)}}
+    feats = {"alae": encoder_features(model.network.E, images), "pixels": {"raw": pixel_features(images)}}
     if args.ae_checkpoint:
         feats["ae_l2"] = encoder_features(load_plain_autoencoder(args.ae_checkpoint).E, images)
     writers = {"same": "same_writers", "different": "different_writers"}
@@ -92,23 +92,23 @@ def _mnist_rows(args, im) -> list[dict]:
              "trials": r.trials} for r in rows]
 
 
-def _shapes_rows(args, im) -> list[dict]:
+def _shapes_rows(args, model) -> list[dict]:
     """The shapes judge: per factor, the reconstructions' mean error (shape: % right) with the inputs'
     own and the blind guess's beside it; --num-samples held-out items (at most 4096: seconds on a CPU)."""
-    judgement = im.api.judge_shapes(n=min(args.num_samples, 4096), seed=args.seed)
+    judgement = model.judge_shapes(n=min(args.num_samples, 4096), seed=args.seed)
     return [{"metric": f"shapes/{s.factor}", "value": s.reconstructions,
              "details": {"unit": s.unit.strip(), "inputs": round(s.inputs, 4), "blind": round(s.blind, 4),
                          "items": judgement.items}} for s in judgement.scores]
 
 
-def _digits_rows(args, im) -> list[dict]:
+def _digits_rows(args, model) -> list[dict]:
     """The digits judge on --data's MNIST IDX files: each measure with real digits' and the blind guess's."""
     from .real_images import _mnist_folder
 
     folder = _mnist_folder(args.data or "")
     if folder is None:
         raise ValueError("digits needs --data pointing at a folder of MNIST IDX files (t10k at least)")
-    j = im.api.judge_digits(folder, n=min(args.num_samples, 2000), seed=args.seed)
+    j = model.judge_digits(folder, n=min(args.num_samples, 2000), seed=args.seed)
     common = {"items": j.items, "classifier": j.source}
     return [{"metric": "digits/reconstruction_accuracy", "value": j.reconstruction,
              "details": {"unit": "%", "real": round(j.classifier_accuracy, 3), "blind": round(j.reconstruction_blind, 3), **common}},
@@ -124,7 +124,7 @@ def cmd_eval(args) -> int:
 
     from ..infra.checkpoints import locate_checkpoint
     from .metrics import METRICS, EvalOptions, LocalRunner
-    from .sampling import open_image_model
+    from .sampling import open_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,7 +136,7 @@ def cmd_eval(args) -> int:
     if min(args.num_samples, args.num_real, args.batch) < 1:
         raise ValueError("--num-samples, --num-real and --batch must be positive")
     args.checkpoint = locate_checkpoint(args.checkpoint, "alae-ray eval: --checkpoint")
-    im = open_image_model(args.checkpoint, level=args.level, ema=not args.no_ema, device=args.device)
+    model = open_model(args.checkpoint, level=args.level, ema=not args.no_ema, device=args.device)
     opts = EvalOptions(data=args.data, split=args.split, num_samples=args.num_samples, num_real=args.num_real,
                        batch=args.batch, seed=args.seed, psi=args.psi, eps=args.eps, ppl_sampling=sampling,
                        crop=args.crop, cache_dir=None if args.cache_dir == "none" else args.cache_dir)
@@ -156,21 +156,21 @@ def cmd_eval(args) -> int:
             weights["vgg"] = resolve_weight_file("vgg", args.vgg_weights)
             weights["lpips"] = resolve_weight_file("lpips", args.lpips_weights)
         start_ray("eval")
-        runner = RayRunner(im, args.checkpoint, workers=args.workers, ema=not args.no_ema, weights=weights,
+        runner = RayRunner(model, args.checkpoint, workers=args.workers, ema=not args.no_ema, weights=weights,
                            device=args.device, threads=args.threads or 1)
     elif feature_metrics:
-        runner = LocalRunner(im, inception_weights=args.inception_weights, vgg_weights=args.vgg_weights,
+        runner = LocalRunner(model, inception_weights=args.inception_weights, vgg_weights=args.vgg_weights,
                              lpips_weights=args.lpips_weights)
     rows: list[dict] = []
     try:
         for name in metrics:
             t0 = time.perf_counter()
             if name == "mnist_protocol":
-                new = _mnist_rows(args, im)
+                new = _mnist_rows(args, model)
             elif name == "shapes":
-                new = _shapes_rows(args, im)
+                new = _shapes_rows(args, model)
             elif name == "digits":
-                new = _digits_rows(args, im)
+                new = _digits_rows(args, model)
             else:
                 new = [{"metric": r.metric, "value": r.value, "details": r.details} for r in METRICS[name](runner, opts)]
             for r in new:
@@ -180,9 +180,9 @@ def cmd_eval(args) -> int:
         if runner is not None and hasattr(runner, "close"):
             runner.close()
     if args.json:
-        print(json.dumps({"checkpoint": args.checkpoint, "level": im.level, "resolution": im.resolution,
+        print(json.dumps({"checkpoint": args.checkpoint, "level": model.level, "resolution": model.resolution,
                           "ema": not args.no_ema, "results": rows}, indent=2))
     else:
-        print(f"checkpoint {args.checkpoint} (level {im.level}, {im.resolution}px, {'EMA' if not args.no_ema else 'raw'})")
+        print(f"checkpoint {args.checkpoint} (level {model.level}, {model.resolution}px, {'EMA' if not args.no_ema else 'raw'})")
         print(format_table(rows))
     return 0

@@ -13,9 +13,10 @@ import numpy as np
 import ray
 from ray.util import ActorPool
 
+from ..api import Model
 from ..metrics.frechet import FeatureSums, merge_sums
 from .ppl import PPLResult, summarize
-from .sampling import ImageModel, chunks, open_image_model
+from .sampling import chunks, open_model
 
 
 @ray.remote(num_cpus=1)
@@ -26,14 +27,14 @@ class FeatureWorker:
         from .metrics import LocalRunner
 
         torch.set_num_threads(threads)
-        im = open_image_model(checkpoint, level=level, ema=ema, device=device)
-        self.runner = LocalRunner(im, inception_weights=weights.get("inception"), vgg_weights=weights.get("vgg"),
+        model = open_model(checkpoint, level=level, ema=ema, device=device)
+        self.runner = LocalRunner(model, inception_weights=weights.get("inception"), vgg_weights=weights.get("vgg"),
                                   lpips_weights=weights.get("lpips"))
 
     def generated(self, start: int, count: int, seed: int, psi: float) -> FeatureSums:
         from .metrics import generated_sums
 
-        return generated_sums(self.runner.im, self.runner.inception, start, count, seed, psi)
+        return generated_sums(self.runner.model, self.runner.inception, start, count, seed, psi)
 
     def real(self, images: np.ndarray) -> FeatureSums:
         from .metrics import real_sums
@@ -43,12 +44,12 @@ class FeatureWorker:
     def reconstructed(self, images: np.ndarray) -> FeatureSums:
         from .metrics import reconstructed_sums
 
-        return reconstructed_sums(self.runner.im, self.runner.inception, images)
+        return reconstructed_sums(self.runner.model, self.runner.inception, images)
 
     def lpips_rec(self, images: np.ndarray) -> np.ndarray:
         from .metrics import reconstruction_lpips
 
-        return reconstruction_lpips(self.runner.im, self.runner.lpips, images)
+        return reconstruction_lpips(self.runner.model, self.runner.lpips, images)
 
     def ppl_chunk(self, start: int, count: int, kw: dict) -> np.ndarray:
         return self.runner.ppl_chunk(start, count, **kw)
@@ -60,12 +61,12 @@ class FeatureWorker:
 class RayRunner:
     """The interface of ``LocalRunner``, with every chunk run by a pool of ``workers`` actors."""
 
-    def __init__(self, im: ImageModel, checkpoint: str, *, workers: int = 2, ema: bool = True,
+    def __init__(self, model: Model, checkpoint: str, *, workers: int = 2, ema: bool = True,
                  weights: dict | None = None, device: str = "cpu", threads: int = 1):
         if not ray.is_initialized():
             ray.init(include_dashboard=False)
-        self.im = im
-        self.actors = [FeatureWorker.remote(checkpoint, im.level, ema, device, weights or {}, threads)
+        self.model = model
+        self.actors = [FeatureWorker.remote(checkpoint, model.level, ema, device, weights or {}, threads)
                        for _ in range(workers)]
         self.pool = ActorPool(self.actors)
 

@@ -16,33 +16,40 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from ..api import Model
 from ..metrics.frechet import FeatureSums, fid_to_statistics, load_statistics, merge_sums, save_statistics
 from ..metrics.networks import inception_features
 from .ppl import PPLResult, chunk_distances, summarize
-from .real_images import dataset_identity, iter_real_uint8, uint8_to_float
-from .sampling import ImageModel, chunk_latents, chunks, match_channels
+from .real_images import dataset_identity, iter_real_uint8, match_channels, uint8_to_float
+from .sampling import chunk_latents, chunks
 
 # --- chunk functions (pure: same inputs, same outputs, wherever they run) ------------------------
+# G's noise is on, as in the authors' metrics, from fixed seeds: every run of a metric agrees.
 
 
-def generated_sums(im: ImageModel, inception, start: int, count: int, seed: int, psi: float = 1.0) -> FeatureSums:
-    z = chunk_latents(seed, start, count, im.latent_size)
+def generated_sums(model: Model, inception, start: int, count: int, seed: int, psi: float = 1.0) -> FeatureSums:
+    z = chunk_latents(seed, start, count, model.latent_size)
     noise_seed = (seed * 1_000_003 + start + 1) % 2**31  # like z: a function of the chunk, not the runner
-    return FeatureSums.of(inception_features(inception, im.generate(z, psi, noise_seed)).numpy())
+    return FeatureSums.of(inception_features(inception, model.generate(z=z, psi=psi, noise_seed=noise_seed)).numpy())
 
 
 def real_sums(inception, images: np.ndarray) -> FeatureSums:
     return FeatureSums.of(inception_features(inception, uint8_to_float(images)).numpy())
 
 
-def reconstructed_sums(im: ImageModel, inception, images: np.ndarray) -> FeatureSums:
-    return FeatureSums.of(inception_features(inception, im.reconstruct(uint8_to_float(images))).numpy())
+def _reals(model: Model, images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, C, R, R] real images as the model's input (its channels, [-1, 1], on its device)."""
+    return match_channels(uint8_to_float(images).to(model.device), model.channels)
+
+
+def reconstructed_sums(model: Model, inception, images: np.ndarray) -> FeatureSums:
+    return FeatureSums.of(inception_features(inception, model.reconstruct(_reals(model, images))).numpy())
 
 
 @torch.no_grad()
-def reconstruction_lpips(im: ImageModel, lpips, images: np.ndarray) -> np.ndarray:
-    x = match_channels(uint8_to_float(images).to(im.device), im.channels)
-    return lpips(x, im.reconstruct(x)).double().cpu().numpy()
+def reconstruction_lpips(model: Model, lpips, images: np.ndarray) -> np.ndarray:
+    x = _reals(model, images)
+    return lpips(x, model.reconstruct(x)).double().cpu().numpy()
 
 
 # --- runners ---------------------------------------------------------------------------------------
@@ -51,8 +58,8 @@ def reconstruction_lpips(im: ImageModel, lpips, images: np.ndarray) -> np.ndarra
 class LocalRunner:
     """Runs chunk functions in this process; networks are loaded on first use."""
 
-    def __init__(self, im: ImageModel, *, inception_weights=None, vgg_weights=None, lpips_weights=None):
-        self.im = im
+    def __init__(self, model: Model, *, inception_weights=None, vgg_weights=None, lpips_weights=None):
+        self.model = model
         self.weights = (inception_weights, vgg_weights, lpips_weights)
         self._inception = self._lpips = None
 
@@ -61,7 +68,7 @@ class LocalRunner:
         if self._inception is None:
             from ..metrics.networks import load_inception
 
-            self._inception = load_inception(self.im.device, self.weights[0])
+            self._inception = load_inception(self.model.device, self.weights[0])
         return self._inception
 
     @property
@@ -69,7 +76,7 @@ class LocalRunner:
         if self._lpips is None:
             from ..metrics.networks import load_lpips
 
-            self._lpips = load_lpips(self.im.device, self.weights[1], self.weights[2])
+            self._lpips = load_lpips(self.model.device, self.weights[1], self.weights[2])
         return self._lpips
 
     def inception_fingerprint(self) -> str:
@@ -78,21 +85,22 @@ class LocalRunner:
         return state_fingerprint(self.inception)
 
     def generated(self, n: int, batch: int, seed: int, psi: float) -> FeatureSums:
-        return merge_sums([generated_sums(self.im, self.inception, s, c, seed, psi) for s, c in chunks(n, batch)])
+        return merge_sums([generated_sums(self.model, self.inception, s, c, seed, psi) for s, c in chunks(n, batch)])
 
     def real(self, batches: Iterable[np.ndarray]) -> FeatureSums:
         return merge_sums([real_sums(self.inception, b) for b in batches])
 
     def reconstructed(self, batches: Iterable[np.ndarray]) -> FeatureSums:
-        return merge_sums([reconstructed_sums(self.im, self.inception, b) for b in batches])
+        return merge_sums([reconstructed_sums(self.model, self.inception, b) for b in batches])
 
     def lpips_rec(self, batches: Iterable[np.ndarray]) -> np.ndarray:
-        return np.concatenate([reconstruction_lpips(self.im, self.lpips, b) for b in batches])
+        return np.concatenate([reconstruction_lpips(self.model, self.lpips, b) for b in batches])
 
     def ppl_chunk(self, start: int, count: int, *, space: str, sampling: str, eps: float, seed: int,
                   crop: bool) -> np.ndarray:
-        return chunk_distances(mapping=self.im.mapping, synthesize=self.im.synthesize, distance=self.lpips,
-                               latent_size=self.im.latent_size, start=start, count=count, space=space,
+        # one set of noise images for every w: PPL compares two images under the same noise
+        return chunk_distances(mapping=self.model.map, synthesize=self.model.decode, distance=self.lpips,
+                               latent_size=self.model.latent_size, start=start, count=count, space=space,
                                sampling=sampling, eps=eps, seed=seed, crop=crop)
 
     def ppl(self, *, n: int, space: str, sampling: str, eps: float, batch: int, seed: int, crop: bool) -> PPLResult:
@@ -160,7 +168,7 @@ def _need_data(opts: EvalOptions, metric: str) -> str:
 
 
 def metric_fid(runner, opts: EvalOptions) -> list[MetricRow]:
-    data, res = _need_data(opts, "fid"), runner.im.resolution
+    data, res = _need_data(opts, "fid"), runner.model.resolution
     mu_r, sig_r, n_real, cached = real_statistics(runner, data, opts.split, res, opts.num_real, opts.batch, opts.cache_dir)
     sums = runner.generated(opts.num_samples, opts.batch, opts.seed, opts.psi)
     return [MetricRow("fid", fid_to_statistics(sums, mu_r, sig_r),
@@ -173,7 +181,7 @@ def _batches(data: str, res: int, split: str, batch: int, limit: int) -> Iterato
 
 
 def metric_fid_rec(runner, opts: EvalOptions) -> list[MetricRow]:
-    data, res = _need_data(opts, "fid_rec"), runner.im.resolution
+    data, res = _need_data(opts, "fid_rec"), runner.model.resolution
     mu_r, sig_r, n_real, cached = real_statistics(runner, data, opts.split, res, opts.num_real, opts.batch, opts.cache_dir)
     sums = runner.reconstructed(_batches(data, res, opts.split, opts.batch, opts.num_samples))
     return [MetricRow("fid_rec", fid_to_statistics(sums, mu_r, sig_r),
@@ -182,7 +190,7 @@ def metric_fid_rec(runner, opts: EvalOptions) -> list[MetricRow]:
 
 
 def metric_lpips_rec(runner, opts: EvalOptions) -> list[MetricRow]:
-    data, res = _need_data(opts, "lpips_rec"), runner.im.resolution
+    data, res = _need_data(opts, "lpips_rec"), runner.model.resolution
     d = runner.lpips_rec(_batches(data, res, opts.split, opts.batch, opts.num_samples))
     return [MetricRow("lpips_rec", float(d.mean()), {"images": len(d), "std": float(d.std()), "split": opts.split})]
 

@@ -34,6 +34,18 @@ def uint8_to_float(images: np.ndarray) -> torch.Tensor:
     return signed(torch.tensor(np.asarray(images, dtype=np.uint8)))
 
 
+def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grey -> RGB by repetition, RGB -> grey by ITU-R 601 luma (PIL's "L"); unchanged when they match."""
+    if images.shape[1] == channels:
+        return images
+    if images.shape[1] == 1:
+        return images.expand(-1, channels, -1, -1)
+    if images.shape[1] == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device)
+        return (images * weights.view(1, 3, 1, 1)).sum(1, keepdim=True)
+    raise ValueError(f"images have {images.shape[1]} channels, the model {channels}")
+
+
 def resize_uint8(images: np.ndarray, resolution: int) -> np.ndarray:
     """Resize uint8 [N, C, H, W] to resolution x resolution (PIL Lanczos, per channel)."""
     if images.shape[-1] == resolution and images.shape[-2] == resolution:

@@ -118,8 +118,9 @@ class ModelServer:
         self.refine_pool = ThreadPoolExecutor(self.max_refines, thread_name_prefix="refine")
         self.refining = 0  # running now; only the event loop touches it
         self.refinements = Counter()  # finished, stopped (the caller went away), refused (all slots busy)
+        model = self.engine.model
         log.info("serving %s at %dx%d on %s, batches up to %d images, %d refinement(s) at once, refinement loss: %s",
-                 self.engine.name, self.engine.resolution, self.engine.resolution, self.engine.device,
+                 model.name, model.resolution, model.resolution, model.device,
                  args.max_batch_images, self.max_refines, self.engine.info()["refine_loss"])
 
     def info(self) -> dict:
@@ -153,7 +154,7 @@ class ModelServer:
     @batched
     async def synthesize(self, ws: list[np.ndarray]) -> list:
         # Requests may send [N, L] or [N, S, L]; one batch needs one shape.
-        s = self.engine.style_layers
+        s = self.engine.model.style_layers
         ws = [w if w.ndim == 3 else np.repeat(w[:, None], s, axis=1) for w in ws]
         return await self._run("synthesize", self.engine.synthesize, [(w,) for w in ws])
 

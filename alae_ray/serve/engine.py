@@ -16,72 +16,66 @@ import torch
 from alae_ray.api import MAX_FORWARD, Model, load, pick_device  # noqa: F401  (pick_device: this module's API)
 from alae_ray.core.bands import describe_bands
 from alae_ray.core.checkpoint import CheckpointError
-from alae_ray.core.pixels import signed
 
 
 class Engine:
-    """An ALAE at one level with batched, NumPy-in/NumPy-out maps."""
+    """An ``alae_ray.api.Model`` (``engine.model``: level, resolution, style inputs...) with batched,
+    NumPy-in/NumPy-out maps."""
 
     def __init__(self, model: Model, lpips: torch.nn.Module | None = None):
         if model.mlp:
             raise CheckpointError(f"checkpoint {model.name!r}: serving needs a StyleALAE checkpoint, this one is 'mlp'")
-        self.api = model
-        self.model = model.network  # the ALAE networks
-        self.cfg, self.progress, self.device, self.name = model.cfg, model.progress, model.device, model.name
-        self.level, self.resolution, self.num_levels = model.level, model.resolution, model.num_levels
-        self.latent_size, self.style_layers = model.latent_size, model.style_layers
-        self.cutoff = min(self.cfg.train.truncation_cutoff, self.style_layers)
+        self.model = model
         self.lpips = lpips  # refinement's perceptual term, when its weights are on this machine
 
     def info(self) -> dict:
         """What clients need to know (JSON-ready, no server paths)."""
-        return {"checkpoint": self.name, "preset": self.cfg.name, "resolution": self.resolution,
-                "latent_size": self.latent_size, "style_layers": self.style_layers, "level": self.level,
-                "num_levels": self.num_levels, "images_seen": self.progress.get("images_seen"),
-                "truncation_psi": self.cfg.train.truncation_psi, "truncation_cutoff": self.cutoff,
-                "device": self.device.type, "bands": describe_bands(self.num_levels),
+        m, t = self.model, self.model.cfg.train
+        return {"checkpoint": m.name, "preset": m.cfg.name, "resolution": m.resolution,
+                "latent_size": m.latent_size, "style_layers": m.style_layers, "level": m.level,
+                "num_levels": m.num_levels, "images_seen": m.progress.get("images_seen"),
+                "truncation_psi": t.truncation_psi, "truncation_cutoff": min(t.truncation_cutoff, m.style_layers),
+                "device": m.device.type, "bands": describe_bands(m.num_levels),
                 "refine_loss": "pixel + LPIPS" if self.lpips is not None else "pixel"}
-
-    def _input(self, images: np.ndarray) -> torch.Tensor:
-        return signed(torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2))
 
     def _uint8(self, images, n: int) -> np.ndarray:
         """uint8 [n, R, R, 3] from ``images(slice)`` -> [-1, 1] images, one forward chunk at a time: each
         chunk becomes uint8 before the next, so float32 outputs never pile up (12 MB an image at 1024)."""
-        return np.concatenate([self.api.to_uint8(images(slice(i, i + MAX_FORWARD))) for i in range(0, n, MAX_FORWARD)])
+        return np.concatenate([self.model.to_uint8(images(slice(i, i + MAX_FORWARD))) for i in range(0, n, MAX_FORWARD)])
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, R, R, 3] -> w float32 [N, L]."""
-        return self.api.encode(self._input(images)).cpu().numpy()
+        return self.model.encode(images).cpu().numpy()
 
     def synthesize(self, ws: np.ndarray) -> np.ndarray:
         """w float32 [N, L] or per-style-input codes [N, S, L] -> uint8 [N, R, R, 3]."""
         ws = np.ascontiguousarray(ws, dtype=np.float32)
-        return self._uint8(lambda s: self.api.decode(ws[s]), len(ws))
+        return self._uint8(lambda s: self.model.decode(ws[s]), len(ws))
 
     def reconstruct(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N, R, R, 3] -> (G(E(x)) uint8 [N, R, R, 3], w float32 [N, L])."""
-        w = self.api.encode(self._input(images))
-        return self._uint8(lambda s: self.api.decode(w[s]), len(w)), w.cpu().numpy()
+        w = self.model.encode(images)
+        return self._uint8(lambda s: self.model.decode(w[s]), len(w)), w.cpu().numpy()
 
     def generate(self, seeds: np.ndarray, psis: np.ndarray) -> np.ndarray:
-        """G(truncate(F(z(seed)), psi)) as uint8 [N, R, R, 3], each seed with its own psi."""
+        """G(truncate(F(z(seed)), psi)) as uint8 [N, R, R, 3], each seed with its own psi (truncating the
+        model's first ``truncation_cutoff`` style inputs)."""
         seeds, psis = [int(s) for s in seeds], np.asarray(psis, np.float32)  # a seed fixes its image's noise too
-        return self._uint8(lambda s: self.api.generate(seeds[s], psi=psis[s], cutoff=self.cutoff), len(seeds))
+        return self._uint8(lambda s: self.model.generate(seeds[s], psi=psis[s]), len(seeds))
 
     def directions(self, k: int) -> np.ndarray:
         """The ``k`` strongest unsupervised edit directions in W (SeFa), float32 [k, L], unit length."""
-        return self.api.directions(k).cpu().numpy()
+        return self.model.directions(k).cpu().numpy()
 
     def refine(self, image: np.ndarray, steps: int, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One image uint8 [R, R, 3] -> (encoder's G(E(x)), refined reconstruction) as uint8 [R, R, 3] and
         their pixel errors [2] (mean squared, in [-1, 1] units): w = E(x) optimised ``steps`` times,
         ``progress(step, loss)`` called after each step."""
-        x = self._input(image[None])
-        rec = self.api.reconstruct(x)
-        _, refined = self.api.refine(x, steps=steps, progress=progress, lpips=self.lpips)
+        x = self.model.images(image[None])
+        rec = self.model.reconstruct(x)
+        _, refined = self.model.refine(x, steps=steps, progress=progress, lpips=self.lpips)
         mse = np.asarray([float((y.float() - x).pow(2).mean()) for y in (rec, refined)], np.float32)
-        return self.api.to_uint8(rec)[0], self.api.to_uint8(refined)[0], mse
+        return self.model.to_uint8(rec)[0], self.model.to_uint8(refined)[0], mse
 
 
 def open_engine(uri: str, *, device: str = "auto", level: int | None = None, lpips: bool = True) -> Engine:
@@ -100,14 +94,6 @@ def local_lpips(device: torch.device) -> torch.nn.Module | None:
 
     vgg, linear = find_weight_file("vgg"), find_weight_file("lpips")
     return load_lpips(device, vgg, linear) if vgg and linear else None
-
-
-def mix_codes(w_src: np.ndarray, w_dst: np.ndarray, layers: range, style_layers: int) -> np.ndarray:
-    """[D, S, style_layers, L]: destination d's w everywhere except ``layers``, taken from source s."""
-    d, s = len(w_dst), len(w_src)
-    ws = np.broadcast_to(w_dst[:, None, None, :], (d, s, style_layers, w_dst.shape[1])).copy()
-    ws[:, :, layers.start:layers.stop] = w_src[None, :, None, :]
-    return ws
 
 
 def lerp_codes(w_a: np.ndarray, w_b: np.ndarray, steps: int) -> np.ndarray:

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Protocol
 
 import numpy as np
+import torch
 
-from .engine import lerp_codes, mix_codes
+from ..core.model import mix_styles
+from .engine import lerp_codes
 from .inputs import STRENGTH_RANGE, InputError, Limits, parse_float, parse_int, parse_psi, parse_seed, parse_w
 from .styles import parse_layers
 
@@ -80,9 +82,10 @@ class Service:
             if not 1 <= len(group) <= self.limits.max_grid:
                 raise InputError(f"style mixing needs 1 to {self.limits.max_grid} {name} images, got {len(group)}", 422)
         w, _ = await self.backend.encode(np.stack(sources + destinations))
-        w_src, w_dst = w[:len(sources)], w[len(sources):]
-        codes = mix_codes(w_src, w_dst, rng, self.style_layers)
-        imgs, b = await self.backend.synthesize(codes.reshape(-1, *codes.shape[2:]))
+        w_src, w_dst = torch.tensor(w[:len(sources)]), torch.tensor(w[len(sources):])  # copies: w may be read-only
+        ws_dst = w_dst[:, None, None].expand(-1, 1, self.style_layers, -1)  # [D, 1, style inputs, L]
+        codes = mix_styles(ws_dst, w_src[None], rng)  # [D, S, style inputs, L]
+        imgs, b = await self.backend.synthesize(codes.flatten(0, 1).numpy())
         return Result(imgs, b), rng
 
     async def interpolate(self, a: np.ndarray, b: np.ndarray, steps: Any) -> Result:
