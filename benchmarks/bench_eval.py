@@ -12,8 +12,10 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,8 +42,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     # Always a fresh temporary TORCH_HOME: random weights must never land in a real hub cache.
     os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="bench-eval-")
-    from alae_ray.eval.testing import write_random_weights
-    from alae_ray.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_to_features
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' stand-in weights
+    from helpers import write_random_weights
+
+    from alae_ray.metrics.frechet import (
+        feature_statistics,
+        frechet_distance,
+        frechet_distance_to_features,
+    )
     from alae_ray.metrics.networks import inception_features, load_inception, load_lpips
 
     write_random_weights(os.environ["TORCH_HOME"])

@@ -88,7 +88,7 @@ def main() -> int:
         print(header)
         print("-" * len(header))
         for r in args.levels:
-            plan = stream.plan_epoch(stream.blocks(m, r), seed=0, resolution=r, epoch=0, rank=0, world=1,
+            plan = stream.plan_epoch(stream.blocks(m, r), seed=0, resolution=r, epoch=0, stream=0, streams=1,
                                      window=stream.window_rows(args.buffer, m.channels, r))
             batches = plan.rows // n
             skip = int(batches * args.at)

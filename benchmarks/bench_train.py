@@ -1,7 +1,7 @@
 """Ray Train against the core's single-process loop, and 1 against 2 workers, per level.
 
 For each level, in one process and one run (so machine noise hits all variants alike):
-  * core:   the single-process loop (``alae_ray.core.loop.train``) on the same images, in memory;
+  * core:   the single-process session (``alae_ray.core.session.train``) on the same images, in memory;
   * ray x1: ``alae-ray train`` with one worker (streaming the level from the prepared dataset);
   * ray x2: two workers, same global batch.
 Each variant trains at a fixed level (the schedule starts there and stays), and images/s is the
@@ -29,8 +29,8 @@ def steady(rows: list[dict]) -> float:
 
 def core_run(overrides, data, res, kimg, tick, threads) -> float:
     from alae_ray.core.config import load_config
-    from alae_ray.core.loop import TensorImages, train
     from alae_ray.core.phases import ALAEPhases
+    from alae_ray.core.session import TensorImages, train
     from alae_ray.data import read_level_numpy
 
     torch.set_num_threads(threads)
@@ -38,7 +38,7 @@ def core_run(overrides, data, res, kimg, tick, threads) -> float:
     images = torch.from_numpy(read_level_numpy(data, res, "train")["image"].copy()).float().div(127.5).sub(1)
     rows = []
     train(ALAEPhases(cfg), TensorImages(images), max_kimg=kimg, tick_kimg=tick,
-          on_tick=lambda t: rows.append({"images_per_sec": t.images_per_sec}))
+          callbacks=[lambda t, _: rows.append({"images_per_sec": t.images_per_sec})])
     return steady(rows)
 
 

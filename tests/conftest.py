@@ -96,8 +96,8 @@ def _train_checkpoint(path, preset: str = "tiny", kimg: float = 0.1, seed: int =
 
     from alae_ray.core.checkpoint import write_checkpoint
     from alae_ray.core.config import load_config
-    from alae_ray.core.loop import TensorImages, train
     from alae_ray.core.phases import ALAEPhases
+    from alae_ray.core.session import TensorImages, train
 
     cfg = load_config(preset, [f"train.seed={seed}", *overrides])
     phases = ALAEPhases(cfg)
@@ -168,3 +168,24 @@ def rclone_bucket(rclone_s3, monkeypatch) -> str:
                            allow_bucket_creation=True)
     fs.create_dir(name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def stand_in_weights(tmp_path_factory):
+    """A TORCH_HOME holding stand-in Inception, VGG16 and LPIPS weights (``helpers.write_random_weights``),
+    written once per session."""
+    from helpers import write_random_weights
+
+    home = tmp_path_factory.mktemp("stand-in-torch-home")
+    write_random_weights(home)
+    return home
+
+
+@pytest.fixture(scope="module")
+def torch_home(stand_in_weights):
+    """TORCH_HOME at the stand-in weights for a module's tests, no weight file named by the environment."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(stand_in_weights))
+        for var in ("ALAE_RAY_INCEPTION_WEIGHTS", "ALAE_RAY_VGG_WEIGHTS", "ALAE_RAY_LPIPS_WEIGHTS"):
+            mp.delenv(var, raising=False)
+        yield stand_in_weights

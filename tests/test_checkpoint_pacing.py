@@ -13,6 +13,14 @@ def test_a_fixed_interval_ignores_the_cost():
     assert resumed.next_at == 300
 
 
+def test_a_fixed_interval_between_ticks_skips_no_checkpoint():
+    """Ticks land past the interval's multiples (batches of 32 against every 1,000 images): each
+    multiple still gets its checkpoint, at the first tick past it."""
+    pacer = CheckpointPacer(every=1000, images_seen=0)
+    at = [seen for seen in range(32, 10_001, 32) if pacer.due(seen) and pacer.checkpointed(seen)]
+    assert at == [1024, 2016, 3008, 4000, 5024, 6016, 7008, 8000, 9024]
+
+
 def test_automatic_pacing_moves_a_costly_checkpoint_on_and_keeps_the_grid():
     pacer = CheckpointPacer(every=2000, images_seen=0, budget=0.02)
     # 3 s to checkpoint, 1 ms per image: the next one >= 3 / (0.02 * 1e-3) = 150,000 images on

@@ -79,7 +79,7 @@ def test_every_epoch_is_a_new_shuffle_of_all_rows(ray_local, faces):
     assert again[0] == epochs[0]  # a seed makes the sequence of epoch orders reproducible
 
 
-def test_each_rank_reads_its_slice_from_s3_in_the_planned_order(ray_local, faces):
+def test_each_stream_reads_its_slice_from_s3_in_the_planned_order(ray_local, faces):
     """What a training worker iterates each epoch: its segments as a Ray Dataset, in order."""
     from ray.data import DataContext
 
@@ -91,7 +91,7 @@ def test_each_rank_reads_its_slice_from_s3_in_the_planned_order(ray_local, faces
     blocks = stream.blocks(faces, 32)
     seen = []
     for rank in range(2):
-        plan = stream.plan_epoch(blocks, seed=3, resolution=32, epoch=1, rank=rank, world=2, window=40)
+        plan = stream.plan_epoch(blocks, seed=3, resolution=32, epoch=1, stream=rank, streams=2, window=40)
         got = {k: np.concatenate([b[k] for b in segments_dataset(faces, 32, list(plan.segments)).iter_batches(
             batch_size=None, batch_format="numpy")]) for k in ("id", "image")}
         here = [stream.read_segment(location(faces), 3, 32, s) for s in plan.segments]

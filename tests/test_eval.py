@@ -32,20 +32,6 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")
-def torch_home(tmp_path_factory):
-    """TORCH_HOME with random-weight Inception, VGG16 and LPIPS files; shared by this module's tests."""
-    from alae_ray.eval.testing import write_random_weights
-
-    home = tmp_path_factory.getbasetemp() / "eval-torch-home"
-    write_random_weights(home)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TORCH_HOME", str(home))
-        for var in ("ALAE_RAY_INCEPTION_WEIGHTS", "ALAE_RAY_VGG_WEIGHTS", "ALAE_RAY_LPIPS_WEIGHTS"):
-            mp.delenv(var, raising=False)
-        yield home
-
-
-@pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, train_checkpoint):
     return train_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 

@@ -27,19 +27,6 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="module")
-def torch_home(tmp_path_factory):
-    from alae_ray.eval.testing import write_random_weights
-
-    home = tmp_path_factory.getbasetemp() / "eval-torch-home"  # shared with test_eval.py in one session
-    write_random_weights(home)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TORCH_HOME", str(home))
-        for var in ("ALAE_RAY_INCEPTION_WEIGHTS", "ALAE_RAY_VGG_WEIGHTS", "ALAE_RAY_LPIPS_WEIGHTS"):
-            mp.delenv(var, raising=False)
-        yield home
-
-
-@pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, train_checkpoint):
     return str(train_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=2))
 

@@ -121,12 +121,12 @@ def test_the_ae_l2_baseline_trains_the_presets_own_networks_on_its_schedule(tmp_
     prepare(shapes_source(256, 32, seed=0), data, PrepareOptions(progress=False, test_count=16))
     fast = ["schedule.stable_kimg=0.5", "schedule.fade_kimg=0.5", "schedule.final_kimg=0"]
     cfg = load_config("tiny", fast)
-    net, rows = train_ae(cfg, data, max_kimg=2.0)
+    phases, rows = train_ae(cfg, data, max_kimg=2.0)
     levels = [r["level"] for r in rows]  # a row per 1,000 images: grown through the schedule's levels
     assert levels == sorted(levels) and levels[-1] == 1 and rows[-1]["kimg"] >= 2.0
     assert rows[0]["loss"] > 0 and np.isfinite([r["loss"] for r in rows]).all()
     again, _ = train_ae(cfg, data, max_kimg=2.0)
-    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(phases.ema.state_dict().values(), again.ema.state_dict().values()))
     out = tmp_path / "ae"
     assert main(["--preset", "tiny", *sum((["--set", o] for o in fast), []), "--data", data, "--max-kimg", "1.0",
                  "--out", str(out)]) == 0

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from alae_ray.core.config import load_config
-from alae_ray.core.loop import TensorImages, train
 from alae_ray.core.phases import ALAEPhases
+from alae_ray.core.session import TensorImages, train
 from alae_ray.data.idx import load_mnist
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k"
@@ -29,7 +29,7 @@ def test_mlp_alae_learns_digits(seed):
     phases = ALAEPhases(cfg)
     ticks = []
     train(phases, TensorImages(train_x, seed=seed), max_kimg=KIMG, tick_kimg=KIMG / 10,
-          on_tick=lambda t: ticks.append(t.losses))
+          callbacks=[lambda t, _: ticks.append(t.losses)])
     first, last = ticks[0]["loss_lae"], ticks[-1]["loss_lae"]
     assert all(math.isfinite(v) for t in ticks for v in t.values())
     assert last < 0.6 * first, (first, last)  # latent reciprocity well below its start

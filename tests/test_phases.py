@@ -8,9 +8,10 @@ import torch
 from alae_ray.core import losses
 from alae_ray.core.checkpoint import CheckpointError, load_model, read_checkpoint, write_checkpoint
 from alae_ray.core.config import load_config
-from alae_ray.core.loop import TensorImages, train
-from alae_ray.core.phases import ALAEPhases, NonFiniteLossError, ema_beta
+from alae_ray.core.pacing import CheckpointPacer
+from alae_ray.core.phases import ALAEPhases, AutoencoderPhases, NonFiniteLossError, ema_beta
 from alae_ray.core.schedule import stage_at
+from alae_ray.core.session import Session, TensorImages, train
 
 TINY = load_config("tiny", ["train.ema_kimg=0.1"])
 
@@ -166,27 +167,45 @@ def test_the_loop_stops_at_the_tick_after_a_non_finite_loss():
 
     ticks = []
     with pytest.raises(NonFiniteLossError, match="discriminator phase at iteration 1"):
-        train(ph, batches, max_kimg=0.064, tick_kimg=0.032, on_tick=ticks.append)
+        train(ph, batches, max_kimg=0.064, tick_kimg=0.032, callbacks=[lambda t, _: ticks.append(t)])
     assert ticks == [] and len(calls) == 4  # found at the first tick (4 x 8 images): nothing reported
 
 
-def test_exact_resume_through_checkpoint(tmp_path):
+def test_the_ae_baseline_trains_e_and_g_alone_and_names_its_own_phase():
+    """AE(ℓ2) on the same session: E and G change, F and D do not; a NaN names its phase."""
+    ph = AutoencoderPhases(TINY)
+    before = {k: v.clone() for k, v in ph.model.state_dict().items()}
+    train(ph, TensorImages(reals(64), seed=0), max_kimg=0.064)
+    changed = {k.split(".")[0] for k, v in ph.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"E", "G"}, changed
+    with pytest.raises(NonFiniteLossError, match="non-finite loss_ae in the autoencoder phase"):
+        train(ph, lambda stage, n: reals(n, 4) * float("nan"), max_kimg=0.128)
+
+
+def test_exact_resume_through_a_session_checkpoint(tmp_path):
+    """A session's last snapshot, written as a checkpoint and restored into new phases and data,
+    trains on exactly as the session that went on."""
     src_data = reals(64)
-    a = ALAEPhases(TINY)
-    src_a = TensorImages(src_data, seed=1)
-    train(a, src_a, max_kimg=0.96)  # crosses nothing, 30 iterations of 32
-    write_checkpoint(tmp_path / "ckpt", TINY, a.tensors(), {**a.progress(), "data": src_a.state_dict()})
+    a, src_a = ALAEPhases(TINY), TensorImages(src_data, seed=1)
+    saved = []
+
+    def save(tick, snapshot):
+        if snapshot is not None:
+            write_checkpoint(tmp_path / "ckpt", TINY, snapshot.tensors, snapshot.progress)
+            saved.append(tick.images_seen)
+
+    Session(a, src_a, max_kimg=0.96, pacer=CheckpointPacer(10_000, 0), callbacks=[save]).run()
+    assert saved == [960]  # no interval passed: the final snapshot only (30 iterations of 32)
     cont = []
-    train(a, src_a, max_kimg=1.6, tick_kimg=0.0, on_tick=lambda t: cont.append(t.losses))  # into the fade-in
+    train(a, src_a, max_kimg=1.6, tick_kimg=0.0, callbacks=[lambda t, _: cont.append(t.losses)])  # into the fade-in
 
     cfg, tensors, progress = read_checkpoint(tmp_path / "ckpt")
     assert cfg == TINY
-    b = ALAEPhases(cfg)
-    b.load(tensors, progress)
-    src_b = TensorImages(src_data, seed=1)
-    src_b.load_state_dict(progress["data"])
+    b = Session(ALAEPhases(cfg), TensorImages(src_data, seed=1), max_kimg=1.6, tick_kimg=0.0,
+                callbacks=[lambda t, _: resumed.append(t.losses)])
+    b.restore(tensors, progress)
     resumed = []
-    train(b, src_b, max_kimg=1.6, tick_kimg=0.0, on_tick=lambda t: resumed.append(t.losses))
+    b.run()
     assert len(resumed) == len(cont) > 10
     for x, y in zip(cont, resumed):
         assert x == pytest.approx(y, rel=1e-5, abs=1e-6)
@@ -243,7 +262,7 @@ def test_bf16_autocast_trains_through_a_fade_in_close_to_float32():
         assert p.amp == amp
         seen = []
         train(p, TensorImages(reals(64), seed=0), max_kimg=0.16, tick_kimg=0.016,
-              on_tick=lambda t: seen.append((t.stage.level, t.stage.alpha, {k: float(v) for k, v in t.losses.items()})))
+              callbacks=[lambda t, _: seen.append((t.stage.level, t.stage.alpha, {k: float(v) for k, v in t.losses.items()}))])
         runs[amp] = seen
     assert any(level == 1 and 0 < alpha < 1 for level, alpha, _ in runs[True])  # through a fade-in
     for (_, _, fp32), (_, _, bf16) in zip(runs[False], runs[True]):

@@ -301,16 +301,14 @@ def test_service_refine_reports_progress(engine):
         asyncio.run(svc.refine(face, "13000"))
 
 
-def test_refinement_adds_lpips_when_its_weights_are_local(tiny_checkpoint, tmp_path, monkeypatch):
-    from alae_ray.eval.testing import write_random_weights
+def test_refinement_adds_lpips_when_its_weights_are_local(tiny_checkpoint, stand_in_weights, tmp_path, monkeypatch):
     from alae_ray.serve.engine import open_engine
 
     monkeypatch.delenv("ALAE_RAY_VGG_WEIGHTS", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))  # no VGG16 file: never downloaded by a replica
     plain = open_engine(str(tiny_checkpoint), device="cpu")
     assert plain.lpips is None and plain.info()["refine_loss"] == "pixel"
-    write_random_weights(tmp_path / "home")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(stand_in_weights))
     perceptual = open_engine(str(tiny_checkpoint), device="cpu")
     assert perceptual.info()["refine_loss"] == "pixel + LPIPS"
     assert open_engine(str(tiny_checkpoint), device="cpu", lpips=False).lpips is None

@@ -32,8 +32,9 @@ def read_all(manifest, resolution: int, segments: list[Segment], chunk: int | No
             yield {k: v[a:a + step] for k, v in part.items()}
 
 
-def plan(blocks, epoch=0, rank=0, world=1, window=200, resolution=64):
-    return stream.plan_epoch(blocks, seed=7, resolution=resolution, epoch=epoch, rank=rank, world=world, window=window)
+def plan(blocks, epoch=0, v=0, streams=1, window=200, resolution=64):
+    return stream.plan_epoch(blocks, seed=7, resolution=resolution, epoch=epoch, stream=v, streams=streams,
+                             window=window)
 
 
 def test_blocks_are_the_row_groups_prepare_writes(shapes64):
@@ -47,26 +48,26 @@ def test_blocks_are_the_row_groups_prepare_writes(shapes64):
     assert [b.rows for b in stream.blocks(shapes64, 16)] == [1500]  # small rows: one group per shard
 
 
-@pytest.mark.parametrize("world", [1, 2, 3, 7])
-def test_each_epoch_splits_into_equal_disjoint_slices_one_per_rank(shapes64, world):
+@pytest.mark.parametrize("streams", [1, 2, 3, 7])
+def test_each_epoch_splits_into_equal_disjoint_slices_one_per_stream(shapes64, streams):
     blocks = stream.blocks(shapes64, 64)
     ids = {}
     for epoch in (0, 1):
         rows = []
-        for rank in range(world):
-            p = plan(blocks, epoch, rank, world)
-            assert p.rows == 1500 // world == sum(s.rows for s in p.segments)
+        for v in range(streams):
+            p = plan(blocks, epoch, v, streams)
+            assert p.rows == 1500 // streams == sum(s.rows for s in p.segments)
             rows.append([(s.path, r) for s in p.segments for r in range(s.start, s.stop)])
-        flat = [r for rank_rows in rows for r in rank_rows]
-        assert len(set(flat)) == len(flat) == world * (1500 // world)  # no row twice in an epoch
+        flat = [r for stream_rows in rows for r in stream_rows]
+        assert len(set(flat)) == len(flat) == streams * (1500 // streams)  # no row twice in an epoch
         ids[epoch] = rows
-    assert ids[0] != ids[1]  # each epoch a new order (and for world > 1, new slices)
+    assert ids[0] != ids[1]  # each epoch a new order (and for several streams, new slices)
 
 
 def test_from_any_row_the_rest_of_the_epoch_is_the_same(shapes64):
     """The seek a resume does: reading from a window's start gives exactly the batches a run that
     never stopped takes from that row, whatever size the pieces arrive in."""
-    p = plan(stream.blocks(shapes64, 64), epoch=3, rank=1, world=2, window=200)
+    p = plan(stream.blocks(shapes64, 64), epoch=3, v=1, streams=2, window=200)
     n = 24
     whole = list(stream.batches(p, 0, read_all(shapes64, 64, list(p.segments), chunk=97), n))
     assert len(whole) == p.rows // n == 31
@@ -82,6 +83,69 @@ def test_from_any_row_the_rest_of_the_epoch_is_the_same(shapes64):
         for got, want in zip(rest, whole[taken:]):
             np.testing.assert_array_equal(got["id"], want["id"])
             np.testing.assert_array_equal(got["image"], want["image"])
+
+
+STREAMS = 4
+
+
+def worker_batches(manifest, workers: int, row: int = 0, epoch: int = 2, batch: int = 24, window: int = 50,
+                   chunk: int | None = 61):
+    """Each worker's batches of one epoch from ``row`` of every stream (its reads in pieces of ``chunk``
+    rows), and its reads, as ``alae-ray train``'s workers take them."""
+    out = []
+    for rank in range(workers):
+        work = stream.WorkerPlan(tuple(plan(stream.blocks(manifest, 64), epoch, v, STREAMS, window)
+                                       for v in stream.split_streams(STREAMS, rank, workers)))
+        reads = work.reads(row)
+        chunks = read_all(manifest, 64, [s for _, s in reads], chunk=chunk)
+        out.append((list(work.batches(row, chunks, batch // workers)), reads))
+    return out
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_any_worker_count_reads_the_same_rows_in_the_same_batches(shapes64, workers):
+    """Global batch k is the same rows, in the same order, with 1, 2 or 4 workers: the workers'
+    batches side by side in rank order are the one worker's batch."""
+    (alone, _), = worker_batches(shapes64, 1)
+    shared = worker_batches(shapes64, workers)
+    assert len(alone) == 1500 // STREAMS // (24 // STREAMS) == 62
+    for k, want in enumerate(alone):
+        got = [batches[k] for batches, _ in shared]
+        assert all(len(g["id"]) == 24 // workers for g in got)
+        np.testing.assert_array_equal(np.concatenate([g["id"] for g in got]), want["id"])
+        np.testing.assert_array_equal(np.concatenate([g["image"] for g in got]), want["image"])
+    assert len(np.unique(np.concatenate([b["id"] for b in alone]))) == 62 * 24  # no row twice
+
+
+def test_a_resume_at_another_worker_count_is_exact(shapes64):
+    """Two workers stop after 20 batches (rows 120 of each stream); one worker goes on from there and
+    takes exactly the batches an uninterrupted run takes."""
+    (alone, _), = worker_batches(shapes64, 1)
+    (rest, _), = worker_batches(shapes64, 1, row=20 * (24 // STREAMS))
+    assert len(rest) == len(alone) - 20
+    for got, want in zip(rest, alone[20:]):
+        np.testing.assert_array_equal(got["id"], want["id"])
+
+
+def test_a_worker_reads_each_block_once_in_the_order_its_streams_need_them(shapes64):
+    """The reads cover each stream's rows from its window once, never a row twice; a stream's
+    window k is read before any stream's window k + 1 is needed."""
+    ((_, reads),) = worker_batches(shapes64, 1)
+    rows = [(s.path, r) for _, s in reads for r in range(s.start, s.stop)]
+    assert len(rows) == len(set(rows)) == STREAMS * (1500 // STREAMS)
+    have = [0] * STREAMS
+    for i, s in reads:  # a stream is at most one read ahead of the slowest
+        assert have[i] - min(have) < 50 + 1365, (i, have)
+        have[i] += s.rows
+
+
+def test_workers_must_share_the_streams_equally():
+    assert stream.split_streams(8, 1, 4) == range(2, 4)
+    with pytest.raises(ValueError, match="3 workers cannot share 8 data streams"):
+        stream.split_streams(8, 0, 3)
+    assert stream.default_streams([512, 256, 32]) == 32 and stream.default_streams([32, 16]) == 16
+    assert stream.default_streams([48, 24]) == 24 and stream.default_streams([96]) == 32
+    assert stream.default_streams([12, 18]) == 6
 
 
 def test_short_data_is_an_error_not_a_short_epoch(shapes64):

@@ -55,8 +55,10 @@ def test_bad_arguments_fail_cleanly(tmp_path):
     assert out.returncode == 2 and "train.r1_gama" in out.stderr and "Traceback" not in out.stderr
     out = alae_ray("train", "--data", str(tmp_path / "nope"), cwd=tmp_path, env=env)
     assert out.returncode == 2 and "nope" in out.stderr and "Traceback" not in out.stderr
-    out = alae_ray("train", "--workers", "3", cwd=tmp_path, env=env)  # 32 is not divisible by 3
-    assert out.returncode == 2 and "divisible" in out.stderr
+    out = alae_ray("train", "--workers", "3", cwd=tmp_path, env=env)  # the 16 data streams (batches 32, 16)
+    assert out.returncode == 2 and "--workers 3 must divide the run's 16 data streams" in out.stderr
+    out = alae_ray("train", "--data-streams", "5", cwd=tmp_path, env=env)
+    assert out.returncode == 2 and "--data-streams 5 must divide every batch of the schedule (16, 32)" in out.stderr
     out = alae_ray("train", "--checkpoint-kimg", "0", cwd=tmp_path, env=env)
     assert out.returncode == 2 and "--checkpoint-kimg must be > 0, got 0.0" in out.stderr
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import CrashOnce, by_value
 
 pytestmark = pytest.mark.ray
 
@@ -29,6 +30,7 @@ FIRST, SECOND, BAD = 0.002, 0.001, 10.0  # two sane learning rates, run in this 
 def ray_local(s3_server):
     import ray
 
+    by_value()  # CrashOnce reaches the trials' workers
     from alae_ray.tune.runner import RAY_ENV
 
     # with its dashboard, as the commands start it: Train cleans up after stopped trials through it;
@@ -234,11 +236,11 @@ def test_a_failed_trial_is_retried_and_resumes_its_train_run(ray_local, shapes32
                        scheduler={"kind": "fifo"},
                        trial={"kimg": 1.28, "max_failures": 0, "retries": 1})
     out = run_sweep(TuneOptions(sweep=path, storage=str(tmp_path / "tune"), data=shapes32, verbose=0,
-                                shuffle_buffer=64, fail_at_kimg=1.0))
+                                shuffle_buffer=64, worker_callbacks=(CrashOnce(1.0),)))
     (row,) = out["trials"]
     assert row["status"] == "completed" and row["kimg"] == pytest.approx(1.28), row
     artifacts = tmp_path / "tune" / "retry" / "trials" / row["trial_id"] / "artifacts"
-    assert (artifacts / "fault-injected.txt").exists()
+    assert (artifacts / CrashOnce.MARKER).exists()
     kimg = [json.loads(line)["kimg"] for line in (artifacts / "metrics.jsonl").read_text().splitlines() if line.strip()]
     restarts = [i for i in range(1, len(kimg)) if kimg[i] <= kimg[i - 1]]
     assert len(restarts) == 1, kimg  # one crash, one resume

@@ -30,8 +30,10 @@ class CheckpointPacer:
     def checkpointed(self, images_seen: int, cost_s: float = 0.0, sec_per_image: float = 0.0) -> int:
         """Record a checkpoint at ``images_seen`` that stopped training for ``cost_s`` seconds, training
         taking ``sec_per_image``; returns the images of the next one (a multiple of ``every``)."""
-        gap = self.every
+        # The next multiple of the interval; ticks rarely land on one, and rounding images_seen + every
+        # up instead would skip one (a checkpoint at 10,016 of every 10,000 -> the next at 30,000).
+        self.next_at = (images_seen // self.every + 1) * self.every
         if self.budget and sec_per_image > 0:
-            gap = max(gap, math.ceil(cost_s / (self.budget * sec_per_image)))
-        self.next_at = -(-(images_seen + gap) // self.every) * self.every
+            gap = math.ceil(cost_s / (self.budget * sec_per_image))
+            self.next_at = max(self.next_at, -(-(images_seen + gap) // self.every) * self.every)
         return self.next_at

@@ -78,6 +78,8 @@ class Draws:
 
 
 class ALAEPhases:
+    PHASES, LOSS_NAMES = PHASES, LOSS_NAMES  # what check_finite names; a baseline trains other phases
+
     def __init__(self, cfg: Config, device: torch.device | str = "cpu", shard: Shard = Shard()):
         self.cfg = cfg
         self.device = torch.device(device)
@@ -126,7 +128,7 @@ class ALAEPhases:
         self.level: int | None = None
         # First iteration at which each phase's loss was not finite (-1: never), kept on the device:
         # checked once per tick (check_finite), so no iteration waits for the device.
-        self._nonfinite_at = torch.full((len(PHASES),), -1, dtype=torch.long, device=self.device)
+        self._nonfinite_at = torch.full((len(self.PHASES),), -1, dtype=torch.long, device=self.device)
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -202,7 +204,7 @@ class ALAEPhases:
             at = torch.where(at == never, -1, at)
         for phase, at in enumerate(at.tolist()):  # the one read from the device
             if at >= 0:
-                raise NonFiniteLossError(f"non-finite {LOSS_NAMES[phase]} in the {PHASES[phase]} phase at iteration "
+                raise NonFiniteLossError(f"non-finite {self.LOSS_NAMES[phase]} in the {self.PHASES[phase]} phase at iteration "
                                          f"{at} (seen at iteration {self.iteration}, {self.kimg:.3f} kimg)")
 
     def _sync_grads(self, params) -> None:
@@ -407,3 +409,37 @@ class ALAEPhases:
         self.images_seen = int(progress["images_seen"])
         self.iteration = int(progress["iteration"])
         self.level = progress.get("level")
+
+
+class AutoencoderPhases(ALAEPhases):
+    """AE(ℓ2), the baseline that tells what ALAE's adversarial latent training costs or gains: the
+    same E and G (F and D untouched), the same schedule, Adam settings, EMA, data and session, one
+    loss, ‖x - G(E(x))‖² (mean over pixels), with the reals faded as the ALAE step fades them and no
+    noise into G. The two Adams (E with D, F with G) step E and G alone: parameters without a
+    gradient are skipped, and Adam is per parameter, so this is one Adam over E and G."""
+
+    PHASES, LOSS_NAMES = ("autoencoder",), ("loss_ae",)
+
+    def step(self, x: torch.Tensor, stage: Stage) -> dict[str, torch.Tensor]:
+        self.set_stage(stage)
+        m, a = self.model, stage.alpha  # the eager networks: the baseline is never compiled
+        parts = self.micro_batches(len(x))
+        self.opt_ED.zero_grad(set_to_none=True)
+        self.opt_FG.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for part in parts:
+            x_real = fade_reals(self._prepare(x[part]), stage.alpha)
+            with self._autocast():
+                y = m.decode(m.encode(x_real, stage.level, a), stage.level, a, noise=False)
+            loss = (y.float() - x_real).pow(2).mean()
+            (loss / len(parts)).backward()
+            total += loss.detach()
+        loss = total / len(parts)
+        self._flag(0, loss)
+        self._sync_grads([*m.E.parameters(), *m.G.parameters()])
+        self.opt_ED.step()
+        self.opt_FG.step()
+        self.update_ema(stage.batch)
+        self.images_seen += stage.batch
+        self.iteration += 1
+        return {"loss_ae": loss}

@@ -1,12 +1,18 @@
-"""The order a training worker reads a level in, as a pure function of where it is.
+"""The order training reads a level in, as a pure function of where it is, whatever the worker count.
 
 Blocks are fixed row ranges of each shard (its Parquet row groups as ``prepare`` writes them), so
 they do not depend on the cluster. Epoch ``e`` of a level: the blocks in a seeded order, joined and
-rotated by a seeded offset, then cut into ``world`` equal slices; rank ``r`` takes the ``r``-th (the
-``N % world`` rows left over are different ones each epoch) and permutes it within windows of
-``window`` rows. A row's place depends only on (seed, resolution, epoch, rank, world, window), so a
-position (epoch, rows taken) is all a resume needs: it starts reading at the window holding that
-row (at most one window and one row group early), not at the start of the epoch.
+rotated by a seeded offset, then cut into ``streams`` equal data streams (the ``N % streams`` rows
+left over are different ones each epoch); each stream permutes its rows within windows of
+``window`` rows. Global batch ``k`` is the ``k``-th ``batch / streams`` rows of every stream, in
+stream order, so which rows make it up depends only on (seed, resolution, epoch, k): each of ``W``
+workers serves an equal, contiguous share of the streams (``W`` must divide ``streams``, and
+``streams`` every batch), and any ``W`` gives the same rows in the same batches. A position (epoch,
+rows taken from each stream) is all a resume needs, at any worker count: it starts reading at the
+window holding that row (at most one window and one row group early), not at the start of the epoch.
+
+A worker reads its streams' blocks as one sequence, in the order its streams need them
+(``WorkerPlan.reads``), each block once, and hands each stream its rows (``WorkerPlan.batches``).
 
 No Ray here: ``alae_ray.data.ray_reader.segments_dataset`` reads the segments as a Ray Dataset for
 the training workers; ``read_segment`` reads one in this process.
@@ -14,6 +20,7 @@ the training workers; ``read_segment`` reads one in this process.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -28,6 +35,7 @@ from .storage import DatasetError, Location
 # A window's pixels are held in memory: at most this many bytes, whatever the shuffle buffer asks.
 WINDOW_BYTES = 256 << 20
 COLUMNS = ("id", "image")  # what training reads
+MAX_STREAMS = 32  # the default data streams: as many worker counts as the batches allow, up to this
 
 
 @dataclass(frozen=True)
@@ -50,9 +58,25 @@ def blocks(manifest: Manifest, resolution: int, split: str = "train") -> list[Se
             for s in manifest.shards_for(resolution, split) for a in range(0, s.rows, per)]
 
 
-def window_rows(buffer: int, channels: int, resolution: int) -> int:
-    """Rows permuted together: ``buffer``, or fewer where that would not fit in WINDOW_BYTES."""
-    return max(1, min(buffer, WINDOW_BYTES // (channels * resolution * resolution)))
+def window_rows(buffer: int, channels: int, resolution: int, streams: int = 1) -> int:
+    """Rows each stream permutes together: its share of ``buffer``, or less where all of them together
+    would not fit in WINDOW_BYTES (what one worker holds at most, serving every stream)."""
+    return max(1, min(buffer, WINDOW_BYTES // (channels * resolution * resolution)) // streams)
+
+
+def default_streams(batches: Iterable[int]) -> int:
+    """The largest divisor of every batch up to MAX_STREAMS: the most worker counts the batches allow."""
+    g = math.gcd(*batches)
+    return max(d for d in range(1, min(g, MAX_STREAMS) + 1) if g % d == 0)
+
+
+def split_streams(streams: int, rank: int, world: int) -> range:
+    """The data streams worker ``rank`` of ``world`` serves: an equal, contiguous share."""
+    if world < 1 or streams < 1 or streams % world:
+        raise ValueError(f"{world} workers cannot share {streams} data streams equally: the worker count must "
+                         f"divide the streams (--data-streams)")
+    share = streams // world
+    return range(rank * share, (rank + 1) * share)
 
 
 def _slice(segments: list[Segment], start: int, stop: int) -> list[Segment]:
@@ -70,10 +94,10 @@ def _slice(segments: list[Segment], start: int, stop: int) -> list[Segment]:
 
 @dataclass(frozen=True)
 class EpochPlan:
-    """One rank's rows of one epoch: what to read, in order, and how each window is permuted."""
+    """One stream's rows of one epoch: what to read, in order, and how each window is permuted."""
 
     segments: tuple[Segment, ...]
-    rows: int  # the same for every rank
+    rows: int  # the same for every stream
     window: int
     key: tuple[int, ...]  # seeds the window permutations
 
@@ -87,15 +111,87 @@ class EpochPlan:
         return _slice(list(self.segments), start, self.rows), start
 
 
-def plan_epoch(level_blocks: list[Segment], *, seed: int, resolution: int, epoch: int, rank: int, world: int,
+def plan_epoch(level_blocks: list[Segment], *, seed: int, resolution: int, epoch: int, stream: int, streams: int,
                window: int) -> EpochPlan:
     total = sum(b.rows for b in level_blocks)
-    per_rank = total // world
-    rng = np.random.default_rng([seed, resolution, epoch])  # the same on every rank
+    per_stream = total // streams
+    rng = np.random.default_rng([seed, resolution, epoch])  # the same on every worker
     order = [level_blocks[i] for i in rng.permutation(len(level_blocks))]
-    first = (int(rng.integers(total)) + rank * per_rank) % total if total else 0
-    return EpochPlan(tuple(_slice(order + order, first, first + per_rank)), per_rank, window,
-                     (seed, resolution, epoch, rank))
+    first = (int(rng.integers(total)) + stream * per_stream) % total if total else 0
+    return EpochPlan(tuple(_slice(order + order, first, first + per_stream)), per_stream, window,
+                     (seed, resolution, epoch, stream))
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """One worker's streams of one epoch, read as one sequence and served as one batch."""
+
+    plans: tuple[EpochPlan, ...]
+
+    @property
+    def rows(self) -> int:
+        """Rows of each stream (the same for all)."""
+        return self.plans[0].rows
+
+    def reads(self, row: int) -> list[tuple[int, Segment]]:
+        """(stream index in ``plans``, segment) to read to go on from ``row`` of every stream, in the
+        order the streams need them: window by window, for each stream the blocks that complete it.
+        Each block is read once; a stream keeps what it read past its window for the next."""
+        starts = [p.from_row(row) for p in self.plans]
+        first, window = starts[0][1], self.plans[0].window
+        pending = [deque(segments) for segments, _ in starts]
+        have = [0] * len(pending)
+        out = []
+        for end in range(first + window, self.rows + window, window):
+            need = min(end, self.rows) - first
+            for i, queue in enumerate(pending):
+                while have[i] < need and queue:
+                    out.append((i, queue.popleft()))
+                    have[i] += out[-1][1].rows
+        return out
+
+    def batches(self, row: int, chunks: Iterable[dict[str, np.ndarray]], n: int) -> Iterator[dict[str, np.ndarray]]:
+        """This worker's batches of ``n`` rows (``n / len(plans)`` from each stream, in stream order)
+        from ``row`` of every stream, given ``chunks``: the rows of ``reads(row)`` in order, in pieces
+        of any size."""
+        k = len(self.plans)
+        if n % k:
+            raise ValueError(f"a worker's batch of {n} does not split over its {k} data streams")
+        route = _Router([(i, s.rows) for i, s in self.reads(row)], chunks, k)
+        parts = [batches(p, row, route.rows_of(i), n // k) for i, p in enumerate(self.plans)]
+        for pieces in zip(*parts):
+            yield pieces[0] if k == 1 else {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
+
+
+class _Router:
+    """The rows of one read sequence, handed to the streams they belong to (by the segments' rows)."""
+
+    def __init__(self, owners: list[tuple[int, int]], chunks: Iterable[dict[str, np.ndarray]], k: int):
+        self.owners, self.chunks = deque(owners), iter(chunks)
+        self.queues: list[deque] = [deque() for _ in range(k)]
+        self.rest: dict[str, np.ndarray] | None = None  # the part of the last chunk not yet routed
+
+    def rows_of(self, i: int) -> Iterator[dict[str, np.ndarray]]:
+        while True:
+            while not self.queues[i]:
+                if not self._route():
+                    return  # the data ended: the stream's ``batches`` says how short it is
+            yield self.queues[i].popleft()
+
+    def _route(self) -> bool:
+        chunk = self.rest if self.rest is not None else next(self.chunks, None)
+        if chunk is None or not self.owners:
+            return False
+        owner, rows = self.owners[0]
+        size = len(chunk["id"])
+        take = min(size, rows)
+        self.queues[owner].append(chunk if take == size else {k: v[:take] for k, v in chunk.items()})
+        self.rest = None if take == size else {k: v[take:] for k, v in chunk.items()}
+        if take == rows:
+            self.owners.popleft()
+        else:
+            self.owners[0] = (owner, rows - take)
+        return True
 
 
 def batches(plan: EpochPlan, row: int, chunks: Iterable[dict[str, np.ndarray]], n: int

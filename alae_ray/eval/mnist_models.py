@@ -154,37 +154,35 @@ def train_mnist_alae(x: torch.Tensor, *, kimg: float, seed: int = 0, overrides: 
     """
     from ..core.checkpoint import is_checkpoint, read_checkpoint, write_checkpoint
     from ..core.config import load_config
-    from ..core.loop import TensorImages, train
+    from ..core.pacing import CheckpointPacer
     from ..core.phases import ALAEPhases
+    from ..core.session import Session, TensorImages
 
     cfg = load_config("mnist", [f"train.seed={seed}", *overrides])
-    phases = ALAEPhases(cfg)
-    data = TensorImages(x, seed=seed)
-    wall = 0.0
+    session = Session(ALAEPhases(cfg), TensorImages(x, seed=seed), max_kimg=kimg, tick_kimg=4.0)
+    phases, wall = session.phases, 0.0
     if out is not None and is_checkpoint(out):
         saved, tensors, progress = read_checkpoint(out)
         if saved != cfg or progress.get("train", {}).get("images") != len(x):
             raise ValueError(f"{out}: holds a run with another config or dataset; use another --out")
-        phases.load(tensors, progress)
-        data.load_state_dict(progress["data"])
+        session.restore(tensors, progress)
         wall = float(progress["train"]["wall_s"])
         if log is not None:
             log(f"alae resumed at kimg {phases.kimg:.1f}")
+    if out is not None:
+        session.pacer = CheckpointPacer(round(checkpoint_kimg * 1000), phases.images_seen)
     t0 = time.perf_counter() - wall
-    every = round(checkpoint_kimg * 1000)
-    next_ckpt = [(phases.images_seen // every + 1) * every]
 
-    def on_tick(tick):
+    def on_tick(tick, snapshot) -> None:
         if log is not None:
             losses = " ".join(f"{k} {v:.3f}" for k, v in tick.losses.items())
             log(f"alae kimg {tick.kimg:.1f} {losses} {tick.sec_per_kimg:.1f}s/kimg elapsed {time.perf_counter() - t0:.0f}s")
-        if out is not None and (tick.images_seen >= next_ckpt[0] or tick.images_seen >= kimg * 1000):
-            next_ckpt[0] = (tick.images_seen // every + 1) * every
+        if snapshot is not None:
             info = {"images": len(x), "kimg": kimg, "seed": seed, "wall_s": round(time.perf_counter() - t0, 1)}
-            write_checkpoint(out, cfg, phases.tensors(), {**phases.progress(), "data": data.state_dict(), "train": info})
+            write_checkpoint(out, cfg, snapshot.tensors, {**snapshot.progress, "train": info})
 
-    train(phases, data, max_kimg=kimg, tick_kimg=4.0, on_tick=on_tick)
-    return phases
+    session.callbacks.append(on_tick)
+    return session.run()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,8 @@ def cmd_train(args) -> int:
 
     init = args.init and locate_checkpoint(args.init, "alae-ray train: --init")
     opts = TrainOptions(preset=args.preset or (None if args.init else MAIN_PRESET), overrides=args.set or [], data=args.data, storage=args.storage,
-                        name=args.name, workers=args.workers, gpu=args.gpu, max_kimg=args.max_kimg,
+                        name=args.name, workers=args.workers, streams=args.data_streams, gpu=args.gpu,
+                        max_kimg=args.max_kimg,
                         tick_kimg=args.tick_kimg, checkpoint_kimg=args.checkpoint_kimg, keep=args.keep,
                         max_failures=args.max_failures, flip=not args.no_flip,
                         cpus_per_worker=args.cpus_per_worker, init_checkpoint=init,
@@ -45,6 +46,10 @@ def register(sub) -> None:
     p.add_argument("--storage", default="runs", help="checkpoints and artifacts: local path or s3://bucket/prefix")
     p.add_argument("--name", default=None, help="run name (default: the preset name); the same name resumes")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
+    p.add_argument("--data-streams", type=int, default=None, metavar="N",
+                   help="the data order's streams: every worker count dividing N reads the same rows in the same "
+                        "batches, and a run resumes exactly at any of them (default: the largest divisor of every "
+                        "batch of the schedule, up to 32)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--max-kimg", type=float, default=None, help="stop after this many thousand images")

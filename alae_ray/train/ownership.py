@@ -60,6 +60,7 @@ class RunDefinition:
     data_digest: str
     flip: bool
     shuffle_buffer: int
+    streams: int | None = None
     preset: str | None = None
     overrides: list[str] = field(default_factory=list)
     data: str | None = None
@@ -67,12 +68,12 @@ class RunDefinition:
     @classmethod
     def of(cls, spec: RunSpec) -> "RunDefinition":
         config = {k: v for k, v in spec.config.to_dict().items() if k != "name"}  # the name is the run's, not its content
-        return cls(json.loads(json.dumps(config)), spec.data_digest, spec.flip, spec.shuffle_buffer, spec.preset,
-                   list(spec.overrides), spec.data)
+        return cls(json.loads(json.dumps(config)), spec.data_digest, spec.flip, spec.shuffle_buffer, spec.streams,
+                   spec.preset, list(spec.overrides), spec.data)
 
     def compared(self) -> dict:
         return {"config": self.config, "data_digest": self.data_digest, "flip": self.flip,
-                "shuffle_buffer": self.shuffle_buffer}
+                "shuffle_buffer": self.shuffle_buffer, "streams": self.streams}
 
     def to_dict(self) -> dict:
         return {**self.compared(), "preset": self.preset, "overrides": self.overrides, "data": self.data}
@@ -93,7 +94,7 @@ def differences(before: dict, now: dict, prefix: str = "") -> list[str]:
 def _label(key: str) -> str:
     key = key.removeprefix("config.")
     return {"data_digest": "the dataset's content (digest)", "flip": "flips (--no-flip)",
-            "shuffle_buffer": "the shuffle window"}.get(key, key)
+            "shuffle_buffer": "the shuffle window", "streams": "the data streams (--data-streams)"}.get(key, key)
 
 
 def _read_record(run: Location) -> dict | None:

@@ -18,6 +18,7 @@ from ..core.config import Config, ConfigError, load_config
 from ..core.schedule import micro_batch, per_worker_batch, stage_at, total_kimg
 from ..data import open_dataset, read_first_rows
 from ..data.reader import check_level_schemas
+from ..data.stream import MAX_STREAMS, default_streams
 from ..infra.board import fit_watched, new_board
 from ..infra.checkpoints import checkpoint_info
 from ..infra.datasets import EMBEDDED_COUNT, dataset_levels, embedded_for, storage_root
@@ -31,8 +32,9 @@ MAIN_PRESET = "shapes"  # the preset of `alae-ray train` with no arguments (the 
 
 @dataclass
 class TrainOptions:
-    """What a run is asked to be (the flags of ``alae-ray train``, or a Tune trial's); ``describe``
-    checks it and resolves it into the ``RunSpec`` that everything after reads."""
+    """What a run is asked to be (the flags of ``alae-ray train``, or a Tune trial's settings);
+    ``describe`` checks it and resolves it into the ``RunSpec`` that everything after reads (Tune adds
+    the fields only it sets, the objective and a member's data position, to that)."""
 
     preset: str | None = MAIN_PRESET  # Preset name or YAML path; None with init_checkpoint: that checkpoint's config.
     overrides: list[str] = field(default_factory=list)  # Dotted key=value overrides.
@@ -50,18 +52,16 @@ class TrainOptions:
     #                                  cluster, 0 on a local Ray). A non-finite loss is never retried.
     stall_timeout_s: float = 600.0  # Stop when nothing has happened for this long (0: wait for ever).
     flip: bool = True  # Random horizontal flips.
-    shuffle_buffer: int = 2048  # Rows each worker permutes together (fewer where they pass 256 MiB).
+    shuffle_buffer: int = 2048  # Rows the run permutes together (fewer where they pass 256 MiB).
+    streams: int | None = None  # Data streams; None: the largest divisor of every batch up to MAX_STREAMS.
     cpus_per_worker: float = 1.0
     shapes_count: int = EMBEDDED_COUNT  # Size of the embedded procedural dataset.
     artifacts: str | None = None  # Local folder for samples/metrics/TensorBoard (default: beside the
     #                               checkpoints for local storage, ./runs/NAME/artifacts for s3://, then uploaded).
-    fail_at_kimg: float | None = None  # Testing: one worker crashes once at this point.
     console: bool = True  # One line per tick on the driver's console.
     verbose: bool = False  # Also Ray's own logs from the workers (otherwise in Ray's session log files).
     init_checkpoint: str | None = None  # Start a new run from this checkpoint (local path or s3://);
     #                                     ignored once the run has checkpoints of its own (resume).
-    init_data_position: bool = False  # ... and from its data position (same dataset and batch: a population member).
-    objective: dict | None = None  # Report a tuning objective every tick (see alae_ray.train.objective).
     allow_changes: bool = False  # Continue a run whose recorded definition differs (see train.ownership).
     validate: str = "auto"  # The judge run on each checkpoint in a task of its own (see train.validation).
     validation_cpus: float = 0.0  # Its resources (a judge takes seconds: by default no CPU of its own).
@@ -90,7 +90,18 @@ def describe(opts: TrainOptions, config: Config | None = None) -> RunSpec:
     for flag, kimg in (("--tick-kimg", opts.tick_kimg), ("--checkpoint-kimg", opts.checkpoint_kimg)):
         if kimg is not None and not kimg > 0:
             raise ConfigError(f"{flag} must be > 0, got {kimg}")
-    for b in cfg.schedule.batch.values():  # fail now, naming the batch, rather than inside a worker
+    batches = sorted(set(cfg.schedule.batch.values()))
+    if opts.streams is not None and opts.streams < 1:
+        raise ConfigError(f"--data-streams must be >= 1, got {opts.streams}")
+    streams = opts.streams or default_streams(batches)
+    if any(b % streams for b in batches):
+        raise ConfigError(f"--data-streams {streams} must divide every batch of the schedule "
+                          f"({', '.join(map(str, batches))})")
+    if streams % opts.workers:
+        raise ConfigError(f"--workers {opts.workers} must divide the run's {streams} data streams, so that every "
+                          f"worker count reads the same batches (the default: the largest divisor of every batch, "
+                          f"up to {MAX_STREAMS}; --data-streams sets it)")
+    for b in batches:  # fail now, naming the batch, rather than inside a worker
         micro_batch(per_worker_batch(b, opts.workers), cfg.train.batch_gpu)
     data = opts.data or embedded_for(cfg, opts.shapes_count)
     manifest = open_dataset(data)
@@ -106,20 +117,18 @@ def describe(opts: TrainOptions, config: Config | None = None) -> RunSpec:
     artifacts = opts.artifacts or (str(Path("runs") / name / "artifacts") if s3 else None)
     spec = RunSpec(
         config=cfg, data=data, data_digest=dataset_digest(manifest), levels=tuple(levels), flip=opts.flip,
-        shuffle_buffer=opts.shuffle_buffer, name=name, storage=storage,
+        shuffle_buffer=opts.shuffle_buffer, streams=streams, name=name, storage=storage,
         artifacts=str(Path(artifacts).resolve()) if artifacts else None,
         max_kimg=opts.max_kimg if opts.max_kimg is not None else total_kimg(cfg),
         start_kimg=init_progress["images_seen"] / 1000.0 if init is not None else 0.0,
         tick_kimg=opts.tick_kimg, checkpoint_kimg=opts.checkpoint_kimg, keep=opts.keep, workers=opts.workers,
         gpu=opts.gpu, cpus_per_worker=opts.cpus_per_worker, max_failures=max_failures(opts),
         stall_timeout_s=opts.stall_timeout_s, init_checkpoint=opts.init_checkpoint,
-        init_data_position=opts.init_data_position,
         validation=resolve_validation(opts.validate, cfg, manifest.source, cpus=opts.validation_cpus,
                                       gpus=opts.validation_gpus, timeout_s=opts.validation_timeout_s,
                                       keep_best=opts.keep_best),
-        objective=opts.objective, console=opts.console, verbose=opts.verbose, allow_changes=opts.allow_changes,
-        preset=None if config is not None else opts.preset, overrides=tuple(opts.overrides),
-        fail_at_kimg=opts.fail_at_kimg)
+        console=opts.console, verbose=opts.verbose, allow_changes=opts.allow_changes,
+        preset=None if config is not None else opts.preset, overrides=tuple(opts.overrides))
     check_definition(spec.run_uri, RunDefinition.of(spec), spec.allow_changes)  # again under the lease
     return spec
 
@@ -141,8 +150,10 @@ def _held_out(spec: RunSpec, manifest):
     return held_out_images(manifest, need, count)
 
 
-def build_trainer(spec: RunSpec, callbacks=()):
-    """(the TorchTrainer of ``spec``, its progress board actor)."""
+def build_trainer(spec: RunSpec, callbacks=(), worker_callbacks=()):
+    """(the TorchTrainer of ``spec``, its progress board actor). ``callbacks``: Ray Train's, on the
+    driver; ``worker_callbacks``: factories ``f(spec, rank, world)`` of session callbacks for each
+    worker (``core.session``; the tests' fault injection), pickled to the workers."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -160,7 +171,7 @@ def build_trainer(spec: RunSpec, callbacks=()):
         # (one shard, not the split) and the objective's held-out images
         train_loop_config={"spec": spec.to_dict(), "board": board_name,
                            "fixed_reals": read_first_rows(manifest, top, split, 8)["image"],
-                           "held_out": _held_out(spec, manifest)},
+                           "held_out": _held_out(spec, manifest), "callbacks": list(worker_callbacks)},
         scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=spec.gpu,
                                                resources_per_worker={"CPU": spec.cpus_per_worker}),
         run_config=ray.train.RunConfig(
@@ -204,8 +215,9 @@ def fit(trainer, spec: RunSpec, board):
     return result
 
 
-def run(spec: RunSpec) -> dict:
-    """Train (or resume) and return a summary: where the checkpoint and samples are."""
+def run(spec: RunSpec, worker_callbacks=()) -> dict:
+    """Train (or resume) and return a summary: where the checkpoint and samples are
+    (``worker_callbacks``: see ``build_trainer``)."""
     start_ray("train", verbose=spec.verbose)
     gpus = 1.0 if spec.gpu else 0.0
     warning = preflight(Needs(spec.workers, spec.cpus_per_worker, gpus), strict=not cluster_can_grow())
@@ -214,7 +226,7 @@ def run(spec: RunSpec) -> dict:
     for w in (warning, shared):
         if w:
             print(f"alae-ray train: warning: {w}", file=sys.stderr, flush=True)
-    trainer, board = build_trainer(spec)
+    trainer, board = build_trainer(spec, worker_callbacks=worker_callbacks)
     result = fit(trainer, spec, board)
     ckpt = result.checkpoint
     summary = {"name": spec.name, "data": spec.data, "artifacts": spec.artifacts_shown,

@@ -25,7 +25,8 @@ class RunSpec:
     data_digest: str  # content digest of its shards (train.ownership.dataset_digest)
     levels: tuple[int, ...]  # resolutions of the dataset this run reads, low to high
     flip: bool = True  # random horizontal flips
-    shuffle_buffer: int = 2048  # rows each worker permutes together
+    shuffle_buffer: int = 2048  # rows the run permutes together, shared by its data streams
+    streams: int = 1  # data streams (data.stream): any worker count dividing it reads the same batches
     # where it goes
     name: str = "run"
     storage: str = "runs"  # absolute local folder or s3://bucket/prefix: checkpoints at STORAGE/NAME
@@ -55,7 +56,6 @@ class RunSpec:
     allow_changes: bool = False  # continue a run whose recorded definition differs
     preset: str | None = None  # for people (run.json): where the config came from
     overrides: tuple[str, ...] = ()
-    fail_at_kimg: float | None = None  # testing: one worker crashes once here
 
     # --- derived --------------------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ class TuneOptions:
     resume: str = "auto"  # auto: resume if the experiment exists; always: it must; never: it must not.
     shuffle_buffer: int = 2048
     verbose: int = 1  # 0: the summary only; 1: a line per trial event; 2: Tune's status tables and Ray's logs.
-    fail_at_kimg: float | None = None  # Testing: in each trial's Train run one worker crashes once here.
+    worker_callbacks: tuple = ()  # Testing: session callbacks of each trial's Train run (train.run.build_trainer).
 
 
 class _Store:
@@ -255,7 +255,7 @@ def run_sweep(opts: TuneOptions) -> dict:
             print(f"alae-ray tune: warning: {w}", file=sys.stderr, flush=True)
     s = plan.sweep
     ctx = TrialContext(plan, data, f"{'s3://' if fs is not None else ''}{store.path}/trials",
-                       shuffle_buffer=opts.shuffle_buffer, fail_at_kimg=opts.fail_at_kimg,
+                       shuffle_buffer=opts.shuffle_buffer, worker_callbacks=tuple(opts.worker_callbacks),
                        slots=Slots.remote(concurrency) if s.scheduler.kind in POPULATION else None)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"CPU": s.trial.driver_cpus})
     console = [SweepConsole([p.key for p in s.space], s.trial.kimg)] if opts.verbose == 1 else None

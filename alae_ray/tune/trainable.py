@@ -95,7 +95,7 @@ class TrialContext:
     data: str  # the dataset every trial reads
     trials_storage: str  # where the trials' Train runs go: <experiment>/trials
     shuffle_buffer: int = 2048  # the sweep's (recorded in sweep.json: part of each run's definition)
-    fail_at_kimg: float | None = None  # testing: in each trial's Train run one worker crashes once here
+    worker_callbacks: tuple = ()  # testing: session callbacks of each trial's Train run (train.run.build_trainer)
     slots: Any = None  # population sweeps: the Slots actor members take turns through
 
 
@@ -115,11 +115,11 @@ def trial_spec(ctx: TrialContext, params: dict, name: str, *, config_name: str |
         tick_kimg=o.every_kimg, checkpoint_kimg=t.checkpoint_kimg or o.every_kimg, keep=2,
         max_failures=t.max_failures, stall_timeout_s=t.stall_timeout_s, console=False,
         shuffle_buffer=ctx.shuffle_buffer,
-        init_checkpoint=init or (s.start.checkpoint if s.start else None), init_data_position=init is not None,
-        objective=dataclasses.asdict(o), fail_at_kimg=ctx.fail_at_kimg,
+        init_checkpoint=init or (s.start.checkpoint if s.start else None),
         validate="off",  # a trial reports its sweep's objective every tick; judges cost CPU beside trials
     )
-    return describe(opts, config=plan.config(params, name=config_name or name))
+    spec = describe(opts, config=plan.config(params, name=config_name or name))
+    return dataclasses.replace(spec, objective=dataclasses.asdict(o), init_data_position=init is not None)
 
 
 def _keep_preset(spec: RunSpec) -> None:
@@ -146,7 +146,8 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     trial_id = tune.get_context().get_trial_id()
     spec = trial_spec(ctx, config, trial_id, config_name=f"{plan.sweep.name}-{trial_id}")
     _keep_preset(spec)
-    trainer, board = build_trainer(spec, callbacks=[ReportToTune(plan.start_kimg)])
+    trainer, board = build_trainer(spec, callbacks=[ReportToTune(plan.start_kimg)],
+                                   worker_callbacks=ctx.worker_callbacks)
     try:
         fit(trainer, spec, board)
     except Exception as exc:
@@ -266,7 +267,7 @@ def run_member(config: dict, ctx: TrialContext) -> None:
         _keep_preset(spec)
         failure = None
         with slot(slots, trial_id) as waited_s:
-            trainer, board = build_trainer(spec)  # its stall clock starts here, once the member may train
+            trainer, board = build_trainer(spec, worker_callbacks=ctx.worker_callbacks)  # its stall clock starts here, once the member may train
             try:
                 result = fit(trainer, spec, board)
             except Exception as exc:
