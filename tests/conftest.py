@@ -81,11 +81,30 @@ def s3_bucket(s3_bucket_factory) -> str:
     return s3_bucket_factory()
 
 
+TIERS = ("unit", "integration", "e2e")
+MISSING = f"sample data not found at {SHARED_DATA} (clone the repository with shared/ beside it)"
+
+
+def pytest_collection_modifyitems(items):
+    """Each test's tier is its folder: tests/unit, tests/integration, tests/e2e (``-m unit`` and so on)."""
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(tier)
+
+
+def pytest_runtest_setup(item):
+    # The unit tier runs without ../shared: its tests that read it are skipped, saying why.
+    if item.path.parent.name == "unit" and "shared_data" in item.fixturenames and not SHARED_DATA.is_dir():
+        pytest.skip(MISSING)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` beside the repository (sample datasets; read only)."""
+    """``../shared/data`` beside the repository (sample datasets; read only): CI and the integration
+    and e2e tiers need it (a unit test that reads it is skipped without it)."""
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"sample data not found at {SHARED_DATA} (clone the repository with shared/ beside it)")
+        pytest.fail(MISSING)
     return SHARED_DATA
 
 

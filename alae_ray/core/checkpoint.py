@@ -31,7 +31,7 @@ from .model import ALAE
 STATE_FILE = "state.safetensors"
 CONFIG_FILE = "config.json"
 PROGRESS_FILE = "progress.json"
-# 2: the authors' networks (tests/test_authors_reference.py). Format 1 networks cannot be loaded.
+# 2: the authors' networks (tests/integration/test_authors_reference.py). Format 1 networks cannot be loaded.
 FORMAT = 2
 
 

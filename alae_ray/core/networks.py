@@ -1,7 +1,7 @@
 """The four ALAE networks: F (z -> w), G (w -> x), E (x -> w), D (w -> score), as the authors built them.
 
 Every forward computation equals the authors' code (podgorskiy/ALAE, commit 42bcf2e; checked against
-their own outputs in tests/test_authors_reference.py). Two families share F and D: StyleALAE (§5;
+their own outputs in tests/integration/test_authors_reference.py). Two families share F and D: StyleALAE (§5;
 their ``GeneratorDefault`` / ``EncoderDefault``) and the MLP ALAE of §7.1 (their MNIST branch).
 Blocks are indexed by level (0 = 4x4); the authors index E's blocks from the top resolution down,
 which only ``authors.py`` needs to know. Every G and E takes ``(input, level, alpha)``; the MLP family

@@ -11,7 +11,7 @@ from alae_ray.core.phases import ALAEPhases
 from alae_ray.core.session import TensorImages, train
 from alae_ray.data.idx import load_mnist
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k"
+MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist-t10k"
 KIMG = 100  # ~780 iterations of the paper's batch 128
 
 

@@ -16,7 +16,7 @@ from alae_ray.cli import main
 from alae_ray.core.config import ConfigError, load_config
 from alae_ray.tune.sweep import load_sweep, parse_sweep, plan_sweep
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 BASE = {"preset": "tiny", "space": {"train.r1_gamma": {"loguniform": [1.0, 30.0]}},
         "objective": {"every_kimg": 0.064}, "trial": {"kimg": 0.256}}

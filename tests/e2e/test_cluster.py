@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -278,7 +278,6 @@ def straight_run(two_node_cluster, cluster_data):
 
 
 @pytest.mark.ray
-@pytest.mark.e2e
 def test_training_job_runs_on_both_nodes(two_node_cluster, straight_run):
     assert final_progress(straight_run)["images_seen"] == round(KIMG * 1000)
     placement = json.loads(straight_run["artifacts/workers.json"])
@@ -290,7 +289,6 @@ def test_training_job_runs_on_both_nodes(two_node_cluster, straight_run):
 
 
 @pytest.mark.ray
-@pytest.mark.e2e
 def test_tune_job_runs_on_the_cluster(two_node_cluster):
     tmp = two_node_cluster["tmp"]
     sweep = yaml.safe_load((ROOT / "tuning" / "tiny_r1_lr.yaml").read_text())
@@ -313,7 +311,6 @@ def test_tune_job_runs_on_the_cluster(two_node_cluster):
 
 
 @pytest.mark.ray
-@pytest.mark.e2e
 def test_a_lost_node_costs_no_images_no_metrics_and_no_exactness(two_node_cluster, cluster_data, straight_run,
                                                                  monkeypatch):
     """A worker node dies mid-run (raylet, object store, workers: SIGKILL) and another joins, as an

@@ -376,7 +376,7 @@ def test_serve_yaml_builds_with_typed_args():
     from alae_ray.serve.app import ServeArgs
     from apps.gradio_app import build_app
 
-    conf = ServeDeploySchema.model_validate(yaml.safe_load((Path(__file__).parents[1] / "deploy" / "serve.yaml").read_text()))
+    conf = ServeDeploySchema.model_validate(yaml.safe_load((Path(__file__).parents[2] / "deploy" / "serve.yaml").read_text()))
     assert conf.http_options.host == "127.0.0.1"
     app = conf.applications[0]
     assert app.import_path == "apps.gradio_app:build_app" == api_only.UI_APP
@@ -406,7 +406,7 @@ def test_cli_defaults_and_request_timeout_match_the_deployment_config():
     from alae_ray.serve.app import ServeArgs
     from alae_ray.serve.cli import REQUEST_TIMEOUT_S
 
-    conf = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "serve.yaml").read_text())
+    conf = yaml.safe_load((Path(__file__).parents[2] / "deploy" / "serve.yaml").read_text())
     assert conf["http_options"]["request_timeout_s"] == REQUEST_TIMEOUT_S
     args = build_parser().parse_args(["serve", "--checkpoint", "x"])
     assert args.request_timeout_s == REQUEST_TIMEOUT_S

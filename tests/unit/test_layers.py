@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAYERS = [
     {"core"},
     {"data", "metrics"},
@@ -139,9 +139,9 @@ def test_the_contract_sees_a_violation(tmp_path, graph):
 
 def test_test_modules_do_not_import_each_other():
     """Shared test code lives in tests/helpers.py (and fixtures in conftest.py)."""
-    tests = {p.stem for p in (ROOT / "tests").glob("test_*.py")}
+    tests = {p.stem for p in (ROOT / "tests").rglob("test_*.py")}
     wrong = []
-    for path in (ROOT / "tests").glob("*.py"):
+    for path in (ROOT / "tests").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module] if isinstance(node, ast.ImportFrom) and not node.level else [])

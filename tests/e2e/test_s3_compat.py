@@ -16,8 +16,6 @@ from alae_ray.cli import main
 from alae_ray.data import read_level_numpy
 from alae_ray.data.idx import load_mnist
 
-pytestmark = pytest.mark.e2e
-
 
 def test_prepare_verify_and_read_on_rclone(rclone_bucket, shared_data, capsys, monkeypatch):
     for key in ("AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION"):

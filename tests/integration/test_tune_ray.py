@@ -22,7 +22,7 @@ from helpers import CrashOnce, by_value
 
 pytestmark = pytest.mark.ray
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIRST, SECOND, BAD = 0.002, 0.001, 10.0  # two sane learning rates, run in this order; BAD explodes
 
 

@@ -95,7 +95,6 @@ def test_shapes_factors_are_ground_truth():
     assert 3.5 < area(big) / area(small) < 4.5  # area grows with scale squared
 
 
-@pytest.mark.e2e
 def test_faces_to_s3_counts_pixels_levels(faces_s3, shared_data):
     m = open_dataset(faces_s3)
     assert m.resolutions == (4, 8, 16, 32) and m.channels == 3 and m.skipped == 0
@@ -127,7 +126,6 @@ def test_split_is_deterministic_and_configurable(tmp_path, shared_data):
     assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards]  # byte-identical output
 
 
-@pytest.mark.e2e
 def test_cli_mnist_to_s3_and_info(s3_bucket, shared_data, capsys):
     uri = f"{s3_bucket}/mnist"
     assert main(["prepare", str(shared_data / "mnist-t10k"), uri, "--quiet", "--test-count", "1000"]) == 0
@@ -185,7 +183,6 @@ def _plant_bad_folder(folder: Path, face: Path) -> None:
     Image.fromarray(wide).save(folder / "wide.png")
 
 
-@pytest.mark.e2e
 def test_bad_and_odd_images_follow_policy(tmp_path, shared_data, capsys):
     face = sorted((shared_data / "faces128").glob("*.png"))[0]
     _plant_bad_folder(tmp_path / "src", face)
@@ -245,7 +242,6 @@ def _shard_versions(endpoint: str, uri: str) -> dict[str, list[str]]:
     return versions
 
 
-@pytest.mark.e2e
 def test_interrupted_prepare_resumes_without_rewriting(s3_server, s3_bucket, shared_data):
     import boto3
 
@@ -313,7 +309,6 @@ def test_half_the_rows_flip_each_epoch():
     assert not torch.equal(flips[0], flips[1])  # another epoch, other rows
 
 
-@pytest.mark.e2e
 def test_wrong_schema_parquet_fails_naming_the_file(s3_bucket, shared_data, capsys):
     uri = f"{s3_bucket}/ds"
     prepare(open_source(str(shared_data / "faces128"), resolution=8), uri, QUIET)
@@ -331,7 +326,6 @@ def test_wrong_schema_parquet_fails_naming_the_file(s3_bucket, shared_data, caps
     assert f"{uri}/{shard.path}" in err and "sha256 mismatch" in err
 
 
-@pytest.mark.e2e
 def test_missing_bucket_prefix_and_credentials(s3_server, s3_bucket, shared_data, capsys, monkeypatch):
     assert main(["data", "info", "s3://no-such-bucket-x1/ds"]) == 2
     assert "s3://no-such-bucket-x1/ds: bucket 'no-such-bucket-x1' does not exist" in capsys.readouterr().err

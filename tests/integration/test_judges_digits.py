@@ -13,7 +13,7 @@ import torch
 
 from alae_ray.judges.digits import RECIPE, Digits, DigitsClassifier, judge
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k"
+MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist-t10k"
 
 
 @pytest.fixture(scope="module")

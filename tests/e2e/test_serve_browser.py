@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from helpers import start_private_ray
 
-pytestmark = [pytest.mark.e2e, pytest.mark.ray]
+pytestmark = pytest.mark.ray
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
