@@ -173,3 +173,20 @@ def test_a_segment_reads_across_row_groups_of_any_size(tmp_path):
         stream.read_segment(loc, 1, 2, Segment("part.parquet", 40, 60))
     with pytest.raises(stream.DatasetError, match="missing"):
         stream.read_segment(loc, 1, 2, Segment("gone.parquet", 0, 1))
+
+
+def test_a_position_in_another_order_starts_its_epoch_again(shapes64):
+    """A worker restores a position taken in the same streams as it is; one from another order (a
+    checkpoint from before the data streams, or of other streams) keeps its level and epoch and reads
+    that epoch from its start rather than from a row that means something else there."""
+    from alae_ray.core.config import load_config
+    from alae_ray.train.worker import ShardStream
+
+    model = load_config("tiny").model
+    data = ShardStream(shapes64.uri, 0, rank=1, world=2, streams=4, flip=False, buffer=64, data_resolution=None,
+                       model=model)
+    assert data.mine == range(2, 4)
+    data.load_state_dict({"resolution": 64, "epoch": 3, "rows": 120, "streams": 4})
+    assert data.state_dict() == {"resolution": 64, "epoch": 3, "rows": 120, "streams": 4}
+    data.load_state_dict({"resolution": 64, "epoch": 3, "rows": 240})  # written before the data streams
+    assert data.state_dict() == {"resolution": 64, "epoch": 3, "rows": 0, "streams": 4}
