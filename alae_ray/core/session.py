@@ -42,11 +42,17 @@ class Tick:
     kimg: float  # the same in thousands
     iteration: int
     losses: dict[str, float]  # means over the iterations since the last tick and over the workers
-    sec_per_kimg: float
-    images_per_sec: float  # global images per second
     metrics: dict  # the row reported for this tick; a callback may add to it for those after it
     level_changed: bool = False
     final: bool = False  # the run's last tick
+
+    @property
+    def sec_per_kimg(self) -> float:
+        return self.metrics["sec_per_kimg"]
+
+    @property
+    def images_per_sec(self) -> float:  # global images per second
+        return self.metrics["images_per_sec"]
 
 
 @dataclass(frozen=True)
@@ -160,8 +166,7 @@ class Session:
         if p.cuda:
             metrics["gpu_mem_gib"] = torch.cuda.max_memory_allocated(p.device) / 2**30
         return Tick(stage=stage, images_seen=p.images_seen, kimg=p.kimg, iteration=p.iteration, losses=losses,
-                    sec_per_kimg=metrics["sec_per_kimg"], images_per_sec=metrics["images_per_sec"], metrics=metrics,
-                    level_changed=level_changed, final=final)
+                    metrics=metrics, level_changed=level_changed, final=final)
 
 
 def train(phases: ALAEPhases, data: Batches, *, max_kimg: float, tick_kimg: float = 1.0,

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     phases, rows = train_ae(cfg, args.data, args.max_kimg, args.seed,
                             log=lambda r: print(json.dumps(r), flush=True))
     seen = phases.images_seen
-    write_checkpoint(out, cfg, phases.tensors(),
+    write_checkpoint(out, phases.cfg, phases.tensors(),  # its config: the seed it trained with
                      {**phases.progress(), "ae_l2": True, "seconds": round(time.perf_counter() - t0, 1)})
     (out / "ae_rows.json").write_text(json.dumps(rows, indent=1))
     print(f"style_ae: {seen / 1000:.2f} kimg in {time.perf_counter() - t0:.0f} s -> {out}")

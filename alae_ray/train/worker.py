@@ -75,9 +75,9 @@ class ShardStream:
 
     def _open(self, n: int) -> None:
         res, m = self.resolution, self.manifest
-        window = stream.window_rows(self.buffer, m.channels, res, self.streams)
+        window, level_blocks = stream.window_rows(self.buffer, m.channels, res, self.streams), stream.blocks(m, res)
         work = stream.WorkerPlan(tuple(
-            stream.plan_epoch(stream.blocks(m, res), seed=self.seed, resolution=res, epoch=self.epoch, stream=v,
+            stream.plan_epoch(level_blocks, seed=self.seed, resolution=res, epoch=self.epoch, stream=v,
                               streams=self.streams, window=window) for v in self.mine))
         if work.rows < n // len(self.mine):
             raise DatasetError(f"{m.uri}: level {res}px has {m.count(res)} training images, {work.rows} for each of "
