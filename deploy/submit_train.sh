@@ -3,6 +3,8 @@
 # port that `ray dashboard cluster.yaml` forwards). Extra arguments go to `alae-ray train`.
 #   deploy/submit_train.sh --preset ffhq1024 --data s3://my-bucket/datasets/ffhq \
 #       --storage s3://my-bucket/runs --workers 8 --gpu
+#   deploy/submit_train.sh --preset celebahq256 --data s3://my-bucket/datasets/celebahq \
+#       --storage s3://my-bucket/runs --workers 2-8 --gpu    # elastic: spot nodes may come and go
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAY_ADDRESS="${RAY_ADDRESS:-http://127.0.0.1:8265}"

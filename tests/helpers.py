@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -122,6 +123,28 @@ class CrashOnce:
                 os._exit(1)
 
         return crash
+
+
+class HoldWhileShrunk:
+    """A worker callback factory for elastic runs: in a group smaller than the run's most workers (it
+    lost a node), rank 0 trains ``ticks`` ticks and then holds, up to ``max_s`` seconds, so that the
+    run is still going when the node returns and Ray Train grows the group (replacing these workers).
+    A test's timing device, like CrashOnce: without it a short run could end before the node is back."""
+
+    def __init__(self, ticks: int, max_s: float):
+        self.ticks, self.max_s = ticks, max_s
+
+    def __call__(self, spec, rank: int, world: int):
+        if rank != 0 or not spec.elastic or world >= spec.max_workers:
+            return None
+        seen = []
+
+        def hold(tick, snapshot) -> None:
+            seen.append(tick.kimg)
+            if len(seen) == self.ticks:
+                time.sleep(self.max_s)  # ended early by the resize, which stops this worker
+
+        return hold
 
 
 def by_value() -> None:

@@ -86,7 +86,8 @@ class MLPGenerator(nn.Module):
         self.fc2 = EqualLinear(hidden, hidden)
         self.fc3 = EqualLinear(hidden, out_features)
 
-    def forward(self, ws: torch.Tensor, level: int = 0, alpha: float = 1.0, noise=False) -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, level: int = 0, alpha: float = 1.0, noise=False,
+                noise_images=None) -> torch.Tensor:  # no noise inputs: G's signature, for the phases
         w = ws[:, 0] if ws.dim() == 3 else ws  # one style input
         return self.fc3(lrelu(self.fc2(lrelu(self.fc1(w), 0.01)), 0.01))  # [N, 784]
 

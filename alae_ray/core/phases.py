@@ -3,14 +3,16 @@
 One iteration = ``discriminator_phase`` (E, D), ``generator_phase`` (F, G), ``latent_phase`` (E, G and
 F, as the authors' code), each with a fresh z ~ N(0, I), each returning a dict of float losses.
 
-Distributed training: every worker holds the full model and a slice of the global batch, processed
-in micro-batches of ``train.batch_gpu`` with gradient accumulation. z and the style-mixing draws come
-from generators shared by all workers, sampled for the *global* batch and sliced per rank and
-micro-batch, so any number of workers and any micro-batch size see the same latents and compute
-the same gradients (the StyleGAN3 scheme).
-Gradients are averaged across workers explicitly after each backward (as StyleGAN3 does) instead of
-through DDP's reducer: three phases freeze different networks, R1 needs a double backward, and
-progressive growing leaves blocks unused, all of which DDP handles badly.
+Distributed training: every worker holds the full model and its part of the global batch (``Shard``:
+the rows of its data streams, equal or not), processed in micro-batches of ``train.batch_gpu`` with
+gradient accumulation. z, G's noise images and the style-mixing draws come from generators shared by
+all workers, sampled for the *global* batch and sliced the same way, so any number of workers and any
+micro-batch size see the same latents and noise and compute the same gradients (the StyleGAN3 scheme
+for z, with unequal parts; StyleGAN draws noise per worker, which would tie the run to its size).
+Gradients are averaged across workers explicitly after each backward (as StyleGAN3 does), each
+worker's weighted by its share of the batch, instead of through DDP's reducer: three phases freeze
+different networks, R1 needs a double backward, and progressive growing leaves blocks unused, all of
+which DDP handles badly.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from . import losses
 from .config import Config
 from .layers import downsample2x, upsample2x
 from .model import ALAE
-from .schedule import Stage, micro_batch
+from .schedule import Stage, split_streams
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -35,10 +37,30 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass(frozen=True)
 class Shard:
-    """This worker's slice of the global batch."""
+    """This worker's part of every global batch: the rows of the data streams it serves
+    (``schedule.split_streams``), so that W workers take unequal parts where W does not divide the
+    streams. ``streams`` 0: one per worker (equal parts)."""
 
     rank: int = 0
     world_size: int = 1
+    streams: int = 0
+
+    @property
+    def served(self) -> range:
+        return split_streams(self.streams or self.world_size, self.rank, self.world_size)
+
+    @property
+    def weight(self) -> float:
+        """The share of every global batch this worker takes: what its means weigh in the average."""
+        return len(self.served) / (self.streams or self.world_size)
+
+    def part(self, batch: int) -> slice:
+        """This worker's rows of a global batch of ``batch``."""
+        v = self.streams or self.world_size
+        if batch % v:
+            raise ValueError(f"a global batch of {batch} does not split into {v} equal data streams")
+        served = self.served
+        return slice(served.start * batch // v, served.stop * batch // v)
 
 
 def fade_reals(x: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -75,6 +97,11 @@ class Draws:
     z: torch.Tensor  # [n, L]
     z2: torch.Tensor | None = None  # [n, L]: the second code of style mixing
     crossover: int | None = None  # style inputs < crossover from z, the rest from z2; None: no mixing
+    noise: list[torch.Tensor] | None = None  # G's noise inputs, [n or 1, 1, H, W]; None: G's stand-in
+
+    def noise_of(self, part: slice) -> list[torch.Tensor] | None:
+        """The noise images of micro-batch ``part`` (an image shared by the batch stays whole)."""
+        return None if self.noise is None else [x if len(x) == 1 else x[part] for x in self.noise]
 
 
 class ALAEPhases:
@@ -118,11 +145,12 @@ class ALAEPhases:
                     betas=(t.adam_beta1, t.adam_beta2), eps=1e-8, **({"fused": True} if self.cuda and t.fused_adam else {}))
         self.opt_ED = torch.optim.Adam([*m.E.parameters(), *m.D.parameters()], **adam)
         self.opt_FG = torch.optim.Adam([*m.F.parameters(), *m.G.parameters()], **adam)
-        # Streams shared by all workers: z on the device, the style-mixing coins on the CPU (reading
-        # them never waits for the device). Each worker has its own stream for G's noise.
+        # Streams shared by all workers: z and G's noise on the device, the style-mixing coins on the
+        # CPU (reading them never waits for the device).
         self.latent_rng = torch.Generator(self.device).manual_seed(t.seed + 1)
         self.mixing_rng = torch.Generator().manual_seed(t.seed + 3)
-        torch.manual_seed(t.seed + 2 + 7919 * shard.rank)
+        self.noise_rng = torch.Generator(self.device).manual_seed(t.seed + 4)
+        torch.manual_seed(t.seed + 2 + 7919 * shard.rank)  # the process's own stream (the step draws none)
         self.images_seen = 0  # global count, thousands = kimg
         self.iteration = 0
         self.level: int | None = None
@@ -148,19 +176,30 @@ class ALAEPhases:
 
     def _z(self, global_batch: int) -> torch.Tensor:
         z = torch.randn(global_batch, self.cfg.model.latent_size, device=self.device, generator=self.latent_rng)
-        n = global_batch // self.shard.world_size
-        return z[self.shard.rank * n:(self.shard.rank + 1) * n]  # [n, L]
+        return z[self.shard.part(global_batch)]  # [n, L]
+
+    def _noise(self, global_batch: int, level: int) -> list[torch.Tensor] | None:
+        """G's noise inputs up to ``level`` for this worker's part of the global batch (two per block);
+        the first, at 4x4, is one image for the whole batch, as the authors' G draws it there."""
+        if not self.cfg.train.noise or self.cfg.model.kind != "style":
+            return None
+        part, out = self.shard.part(global_batch), []
+        for i in range(2 * (level + 1)):
+            r, n = 4 * 2 ** (i // 2), 1 if i == 0 else global_batch
+            x = torch.randn(n, 1, r, r, device=self.device, generator=self.noise_rng)
+            out.append(x if n == 1 else x[part])
+        return out
 
     def _draws(self, global_batch: int, stage: Stage, mixing: bool) -> Draws:
-        z = self._z(global_batch)
+        z, noise = self._z(global_batch), self._noise(global_batch, stage.level)
         if not mixing:
-            return Draws(z)
+            return Draws(z, noise=noise)
         coin, u = torch.rand(2, generator=self.mixing_rng).tolist()
         z2 = self._z(global_batch)  # drawn every time, so the stream does not depend on the coin
         S = self.model.style_layers(stage.level)
         # crossover uniform in 1..S (S: no mixing), as the authors' random.randint(1, S)
         crossover = 1 + int(u * S) if coin < self.cfg.train.style_mixing_prob else None
-        return Draws(z, z2, crossover)
+        return Draws(z, z2, crossover, noise)
 
     def _styles(self, d: Draws, part: slice, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Style inputs [b, S, L] and the unmixed w [b, L] for one micro-batch of the draws."""
@@ -171,18 +210,24 @@ class ALAEPhases:
             ws = m.mix(ws, F(d.z2[part]), d.crossover)
         return ws, w
 
-    def micro_batches(self, n: int) -> list[slice]:
-        """This worker's ``n`` samples in micro-batches of ``train.batch_gpu`` (gradients accumulate)."""
-        b = micro_batch(n, self.cfg.train.batch_gpu)
-        return [slice(i, i + b) for i in range(0, n, b)]
+    def micro_batches(self, n: int) -> list[tuple[slice, float]]:
+        """This worker's ``n`` samples in micro-batches of ``train.batch_gpu`` (the last may be
+        smaller; 0: all at once), each with its share of the ``n``: a micro-batch's mean loss weighs
+        that much in the accumulated gradient of the worker's mean."""
+        b = self.cfg.train.batch_gpu or n
+        return [(slice(i, min(i + b, n)), (min(i + b, n) - i) / n) for i in range(0, n, b)]
+
+    @property
+    def _distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
     def _update_w_avg(self, w_sum: torch.Tensor, n: int) -> None:
         """Like the authors' ``generate``: every phase moves the running average of w (three times per
-        iteration), towards the mean of the global batch's w."""
+        iteration), towards the mean of the global batch's w (this worker's ``n`` summed in ``w_sum``)."""
         w_mean = w_sum / n
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if self._distributed:
+            w_mean *= self.shard.weight
             dist.all_reduce(w_mean)
-            w_mean /= dist.get_world_size()
         self.model.update_w_avg(w_mean[None], self.cfg.train.w_avg_beta)
 
     def _flag(self, phase: int, loss: torch.Tensor) -> None:
@@ -197,7 +242,7 @@ class ALAEPhases:
         none is left waiting in the next all-reduce.
         """
         at = self._nonfinite_at
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if self._distributed:
             never = torch.iinfo(torch.long).max
             at = torch.where(at < 0, never, at)
             dist.all_reduce(at, op=dist.ReduceOp.MIN)
@@ -208,14 +253,16 @@ class ALAEPhases:
                                          f"{at} (seen at iteration {self.iteration}, {self.kimg:.3f} kimg)")
 
     def _sync_grads(self, params) -> None:
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        """Each worker holds the gradient of its mean: the global batch's is their average, weighted
+        by the workers' shares."""
+        if not self._distributed:
             return
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return
         flat = torch.cat([g.flatten() for g in grads])
+        flat *= self.shard.weight
         dist.all_reduce(flat)
-        flat /= dist.get_world_size()
         offset = 0
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
@@ -244,9 +291,9 @@ class ALAEPhases:
                 group["lr"] = stage.lr
 
     # --- the three phases ----------------------------------------------------------------------
-    # Each phase runs over this worker's micro-batches, each loss scaled by 1 / their number, so the
+    # Each phase runs over this worker's micro-batches, each loss scaled by its share of them, so the
     # accumulated gradient is the gradient of the worker's mean; the workers' gradients are then
-    # averaged. Returned losses are device tensors (means over this worker's samples).
+    # averaged by share. Returned losses are device tensors (means over this worker's samples).
 
     def discriminator_phase(self, x: torch.Tensor, stage: Stage) -> dict[str, torch.Tensor]:
         """Step I: update E and D to tell E(x) from E(G(F(z))), with R1 on reals."""
@@ -256,11 +303,11 @@ class ALAEPhases:
         d, a = self._draws(stage.batch, stage, mixing=True), self._alpha(stage)
         parts = self.micro_batches(len(d.z))
         self.opt_ED.zero_grad(set_to_none=True)
-        sums, w_sum = torch.zeros(4, device=self.device), 0.0
-        for part in parts:
+        means, w_sum = torch.zeros(4, device=self.device), 0.0
+        for part, share in parts:
             with torch.no_grad(), self._autocast():
                 ws, w = self._styles(d, part, stage.level)
-                x_fake = n.G(ws, stage.level, a, t.noise)
+                x_fake = n.G(ws, stage.level, a, t.noise, d.noise_of(part))
             w_sum = w_sum + w.float().sum(0)
             x_real = fade_reals(self._prepare(x[part]), stage.alpha).detach().requires_grad_(gamma > 0)
             real = m if gamma > 0 else n  # R1 differentiates this pass twice: eager
@@ -270,10 +317,9 @@ class ALAEPhases:
                 fake_score = n.D(n.E(x_fake.to(x_real.dtype), stage.level, a)).float()
                 loss_d = losses.d_logistic_loss(real_score, fake_score)
             r1 = losses.r1_penalty(real_score, x_real) if gamma > 0 else torch.zeros((), device=self.device)
-            ((loss_d + 0.5 * gamma * r1) / len(parts)).backward()
-            sums += torch.stack([loss_d, r1, real_score.mean(), fake_score.mean()]).detach()
+            ((loss_d + 0.5 * gamma * r1) * share).backward()
+            means += torch.stack([loss_d, r1, real_score.mean(), fake_score.mean()]).detach() * share
         self._update_w_avg(w_sum, len(d.z))
-        means = sums / len(parts)
         self._flag(0, means[0] + 0.5 * gamma * means[1])  # the objective E and D step on
         self._sync_grads([*m.E.parameters(), *m.D.parameters()])
         self.opt_ED.step()
@@ -285,27 +331,27 @@ class ALAEPhases:
         d, a = self._draws(stage.batch, stage, mixing=True), self._alpha(stage)
         parts = self.micro_batches(len(d.z))
         self.opt_FG.zero_grad(set_to_none=True)
-        total, w_sum = torch.zeros((), device=self.device), 0.0
+        loss_g_mean, w_sum = torch.zeros((), device=self.device), 0.0
         m.E.requires_grad_(False)
         m.D.requires_grad_(False)
         try:
-            for part in parts:
+            for part, share in parts:
                 with self._autocast():
                     ws, w = self._styles(d, part, stage.level)
-                    fake_score = n.D(n.E(n.G(ws, stage.level, a, self.cfg.train.noise), stage.level, a)).float()
+                    x_fake = n.G(ws, stage.level, a, self.cfg.train.noise, d.noise_of(part))
+                    fake_score = n.D(n.E(x_fake, stage.level, a)).float()
                     loss_g = losses.g_nonsaturating_loss(fake_score)
-                (loss_g / len(parts)).backward()
-                total += loss_g.detach()
+                (loss_g * share).backward()
+                loss_g_mean += loss_g.detach() * share
                 w_sum = w_sum + w.detach().float().sum(0)
         finally:
             m.E.requires_grad_(True)
             m.D.requires_grad_(True)
         self._update_w_avg(w_sum, len(d.z))
-        loss_g = total / len(parts)
-        self._flag(1, loss_g)
+        self._flag(1, loss_g_mean)
         self._sync_grads([*m.F.parameters(), *m.G.parameters()])
         self.opt_FG.step()
-        return {"loss_g": loss_g}
+        return {"loss_g": loss_g_mean}
 
     def latent_phase(self, stage: Stage) -> dict[str, torch.Tensor]:
         """Step III: update E, G and F so that E(G(w)) returns w = F(z) (latent reciprocity).
@@ -318,18 +364,17 @@ class ALAEPhases:
         parts = self.micro_batches(len(d.z))
         self.opt_ED.zero_grad(set_to_none=True)
         self.opt_FG.zero_grad(set_to_none=True)
-        total, w_sum = torch.zeros((), device=self.device), 0.0
-        for part in parts:
+        loss_lae_mean, w_sum = torch.zeros((), device=self.device), 0.0
+        for part, share in parts:
             with self._autocast():
                 ws, w = self._styles(d, part, stage.level)
-                w_rec = n.E(n.G(ws, stage.level, a, self.cfg.train.noise), stage.level, a)
+                w_rec = n.E(n.G(ws, stage.level, a, self.cfg.train.noise, d.noise_of(part)), stage.level, a)
                 loss_lae = losses.latent_reciprocity_loss(w, w_rec)
-            (loss_lae / len(parts)).backward()
-            total += loss_lae.detach()
+            (loss_lae * share).backward()
+            loss_lae_mean += loss_lae.detach() * share
             w_sum = w_sum + w.detach().float().sum(0)
         self._update_w_avg(w_sum, len(d.z))
-        loss_lae = total / len(parts)
-        self._flag(2, loss_lae)
+        self._flag(2, loss_lae_mean)
         self._sync_grads([*m.E.parameters(), *m.F.parameters(), *m.G.parameters()])
         # The authors' optimizer steps D here with a zero gradient (torch 1.x zero_grad keeps zeros):
         # no move (beta1 = 0), but its second moment decays and its step count advances, as theirs.
@@ -337,7 +382,7 @@ class ALAEPhases:
             p.grad = torch.zeros_like(p)
         self.opt_ED.step()
         self.opt_FG.step()
-        return {"loss_lae": loss_lae}
+        return {"loss_lae": loss_lae_mean}
 
     def step(self, x: torch.Tensor, stage: Stage) -> dict[str, torch.Tensor]:
         """One full iteration on this worker's slice ``x`` of the global batch ``stage.batch``.
@@ -373,6 +418,7 @@ class ALAEPhases:
                     out[f"{name}.{idx}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
         out["rng.latent"] = self.latent_rng.get_state()
         out["rng.mixing"] = self.mixing_rng.get_state()
+        out["rng.noise"] = self.noise_rng.get_state()
         out["rng.torch_cpu"] = torch.get_rng_state()
         if self.cuda:
             out["rng.torch_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -403,6 +449,8 @@ class ALAEPhases:
         if "rng.latent" in tensors:  # absent in imported models, which start their streams afresh
             self.latent_rng.set_state(tensors["rng.latent"])
             self.mixing_rng.set_state(tensors["rng.mixing"])
+            if "rng.noise" in tensors:  # absent before the noise stream was shared: it starts afresh
+                self.noise_rng.set_state(tensors["rng.noise"])
             torch.set_rng_state(tensors["rng.torch_cpu"])
         if self.cuda and "rng.torch_cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng.torch_cuda"], self.device)
@@ -426,15 +474,14 @@ class AutoencoderPhases(ALAEPhases):
         parts = self.micro_batches(len(x))
         self.opt_ED.zero_grad(set_to_none=True)
         self.opt_FG.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.device)
-        for part in parts:
+        loss = torch.zeros((), device=self.device)
+        for part, share in parts:
             x_real = fade_reals(self._prepare(x[part]), stage.alpha)
             with self._autocast():
                 y = m.decode(m.encode(x_real, stage.level, a), stage.level, a, noise=False)
-            loss = (y.float() - x_real).pow(2).mean()
-            (loss / len(parts)).backward()
-            total += loss.detach()
-        loss = total / len(parts)
+            part_loss = (y.float() - x_real).pow(2).mean()
+            (part_loss * share).backward()
+            loss += part_loss.detach() * share
         self._flag(0, loss)
         self._sync_grads([*m.E.parameters(), *m.G.parameters()])
         self.opt_ED.step()

@@ -4,7 +4,8 @@ Level ``l`` trains at resolution ``4 * 2**l`` for ``fade_kimg + stable_kimg``: e
 first fades in over its first ``fade_kimg`` (alpha 0 -> 1); the first trains the whole length at
 alpha 1 (the authors' code; each of their levels lasts EPOCHS_PER_LOD epochs). The top level trains
 ``final_kimg`` more and then stays there. Resume is "restore the counters and
-ask the schedule where we are"; nothing here depends on the number of workers.
+ask the schedule where we are"; nothing here depends on the number of workers, and how they share
+each global batch (``split_streams``) is a pure function too.
 """
 
 from __future__ import annotations
@@ -66,23 +67,12 @@ def stage_at(cfg: Config, kimg: float) -> Stage:
                  lr=float(s.table("lr", res)), level_start_kimg=start, level_end_kimg=end)
 
 
-def micro_batch(per_worker: int, batch_gpu: int) -> int:
-    """The micro-batch a worker runs at once: ``batch_gpu``, or its whole batch when that is 0."""
-    if batch_gpu < 0:
-        raise ConfigError(f"train.batch_gpu must be >= 0 (0: no accumulation), got {batch_gpu}")
-    if batch_gpu == 0 or batch_gpu >= per_worker:
-        return per_worker
-    if per_worker % batch_gpu:
-        raise ConfigError(f"train.batch_gpu={batch_gpu} does not divide a worker's batch of {per_worker}; "
-                          f"choose a divisor of every per-worker batch")
-    return batch_gpu
-
-
-def per_worker_batch(global_batch: int, world_size: int) -> int:
-    """Split the global batch evenly; a remainder would silently change the effective batch."""
-    if world_size < 1:
-        raise ConfigError(f"world size must be >= 1, got {world_size}")
-    if global_batch % world_size:
-        raise ConfigError(f"global batch {global_batch} is not divisible by {world_size} workers; "
-                          f"choose a worker count that divides every schedule.batch entry")
-    return global_batch // world_size
+def split_streams(streams: int, rank: int, world: int) -> range:
+    """The data streams worker ``rank`` of ``world`` serves: [rank*V//W, (rank+1)*V//W) of V, a
+    contiguous share, as equal as W allows. Worker r's part of every global batch is those streams'
+    rows, so the batches do not depend on W, and any W up to V splits them."""
+    if not 0 <= rank < world <= streams:
+        raise ConfigError(f"{world} workers cannot share {streams} data streams: at most one worker per stream "
+                          f"(--data-streams sets them)" if world > streams >= 1 else
+                          f"no worker {rank} of {world} serving {streams} data streams")
+    return range(rank * streams // world, (rank + 1) * streams // world)

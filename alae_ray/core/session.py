@@ -20,15 +20,16 @@ import torch
 from .layers import downsample_to
 from .pacing import CheckpointPacer
 from .phases import ALAEPhases
-from .schedule import Stage, per_worker_batch, stage_at
+from .schedule import Stage, stage_at
 
 
 class Batches(Protocol):
-    """This worker's slice of each global batch, and its position for an exact resume."""
+    """This worker's part of each global batch, and its position for an exact resume."""
 
     epoch: int
 
-    def __call__(self, stage: Stage, n: int) -> torch.Tensor: ...
+    def __call__(self, stage: Stage, part: slice) -> torch.Tensor:
+        """Rows ``part`` (``Shard.part``) of the next global batch of ``stage.batch``."""
 
     def state_dict(self) -> dict: ...
 
@@ -41,7 +42,7 @@ class Tick:
     images_seen: int  # global count so far
     kimg: float  # the same in thousands
     iteration: int
-    losses: dict[str, float]  # means over the iterations since the last tick and over the workers
+    losses: dict[str, float]  # means over the iterations since the last tick and the global batches
     metrics: dict  # the row reported for this tick; a callback may add to it for those after it
     level_changed: bool = False
     final: bool = False  # the run's last tick
@@ -101,7 +102,7 @@ class Session:
             mine["cuda"] = torch.cuda.get_rng_state(p.device)
         rng = {f"rng.rank{r}.{k}": v for r, s in enumerate(self.gather(mine)) for k, v in s.items()}
         return Snapshot({**p.tensors(), **rng, **{f"fixed.{k}": v for k, v in self.fixed.items()}},
-                        {**p.progress(), "data": self.data.state_dict(), "kimg": p.kimg})
+                        {**p.progress(), "data": self.data.state_dict(), "kimg": p.kimg, "workers": p.shard.world_size})
 
     def restore(self, tensors: dict[str, torch.Tensor], progress: dict, *, data: bool = True) -> None:
         """Continue from a ``snapshot`` (``data``: at its position in the data too). A checkpoint of
@@ -120,13 +121,16 @@ class Session:
     def run(self) -> ALAEPhases:
         p = self.phases
         sums: dict[str, torch.Tensor] = {}
-        count = 0
+        count, waited = 0, 0.0
         tick_start, tick_start_time = p.images_seen, time.perf_counter()
         since = (tick_start_time, p.images_seen)  # when and where the last checkpoint ended
         last_level = p.level
         while p.images_seen < self.stop:
             stage = stage_at(p.cfg, p.kimg)
-            losses = p.step(self.data(stage, per_worker_batch(stage.batch, p.shard.world_size)), stage)
+            asked = time.perf_counter()
+            x = self.data(stage, p.shard.part(stage.batch))
+            waited += time.perf_counter() - asked
+            losses = p.step(x, stage)
             for k, v in losses.items():  # device tensors: summed there, read once per tick
                 sums[k] = sums[k] + v if k in sums else v
             count += 1
@@ -136,7 +140,7 @@ class Session:
             p.check_finite()  # before anything is reported or saved
             elapsed = time.perf_counter() - tick_start_time
             tick = self._tick(stage, {k: float(v) / count for k, v in sums.items()},  # waits for the device
-                              elapsed, p.images_seen - tick_start, stage.level != last_level, final)
+                              elapsed, waited, p.images_seen - tick_start, stage.level != last_level, final)
             c0 = time.perf_counter()
             due = self.pacer is not None and (final or self.pacer.due(p.images_seen))
             snapshot = self.snapshot() if due else None
@@ -148,20 +152,23 @@ class Session:
                 next_at = self.pacer.checkpointed(p.images_seen, time.perf_counter() - c0, per_image)
                 self.pacer.next_at = self.gather(next_at)[0]
                 since = (time.perf_counter(), p.images_seen)
-            sums, count = {}, 0
+            sums, count, waited = {}, 0, 0.0
             tick_start, tick_start_time = p.images_seen, time.perf_counter()
             last_level = stage.level
         return p
 
-    def _tick(self, stage: Stage, local: dict[str, float], elapsed: float, images: int, level_changed: bool,
-              final: bool) -> Tick:
+    def _tick(self, stage: Stage, local: dict[str, float], elapsed: float, waited: float, images: int,
+              level_changed: bool, final: bool) -> Tick:
         p = self.phases
-        per_rank = self.gather(local)  # each loss of the global batch, not this rank's slice of it
-        losses = {k: sum(r[k] for r in per_rank) / len(per_rank) for k in local}
+        # each loss of the global batch, not this rank's part of it: the ranks' means weighted by share
+        per_rank = self.gather((p.shard.weight, local, waited))
+        losses = {k: sum(w * r[k] for w, r, _ in per_rank) for k in local}
         kimg = images / 1000.0
         metrics = {"kimg": p.kimg, "iteration": p.iteration, "level": stage.level, "resolution": stage.resolution,
                    "alpha": stage.alpha, "batch": stage.batch, "lr": stage.lr, **losses,
-                   "sec_per_kimg": elapsed / kimg, "images_per_sec": images / elapsed,
+                   "sec_per_kimg": elapsed / kimg, "images_per_sec": images / elapsed, "workers": p.shard.world_size,
+                   # the tick's seconds the slowest rank waited for its batches (the rest is the step)
+                   "data_wait_s": max(r[2] for r in per_rank),
                    "epoch": getattr(self.data, "epoch", None), "wall_s": time.perf_counter() - self.started}
         if p.cuda:
             metrics["gpu_mem_gib"] = torch.cuda.max_memory_allocated(p.device) / 2**30
@@ -179,13 +186,13 @@ class TensorImages:
     """An in-memory image set served at any level: area-downsampled, reshuffled every epoch.
 
     ``images`` is [N, C, R, R] in [-1, 1] (or [N, D] for the MLP); levels below R are made by
-    repeated 2x2 averaging, the same operator as the data pipeline and the encoder's fade-in.
+    repeated 2x2 averaging, the same operator as the data pipeline and the encoder's fade-in. Every
+    process walks the same permutation, taking its part of each global batch.
     """
 
-    def __init__(self, images: torch.Tensor, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, images: torch.Tensor, seed: int = 0):
         self.levels = {images.shape[-1]: images}
         self.gen = torch.Generator().manual_seed(seed)
-        self.rank, self.world_size = rank, world_size
         self.order = torch.empty(0, dtype=torch.long)
         self.pos = 0
         self.epoch = 0
@@ -209,15 +216,14 @@ class TensorImages:
             self.levels[resolution] = downsample_to(self.levels[top], resolution)
         return self.levels[resolution]
 
-    def __call__(self, stage: Stage, n: int) -> torch.Tensor:
-        # Every worker walks the same global permutation and takes its own slice of each global batch.
-        global_n = n * self.world_size
+    def __call__(self, stage: Stage, part: slice) -> torch.Tensor:
+        global_n = stage.batch
         if self.pos + global_n > len(self.order):
             self.order = torch.randperm(self.n, generator=self.gen)
             while len(self.order) < global_n:  # tiny datasets: repeat the permutation
                 self.order = torch.cat([self.order, torch.randperm(self.n, generator=self.gen)])
             self.pos = 0
             self.epoch += 1
-        idx = self.order[self.pos + self.rank * n:self.pos + (self.rank + 1) * n]
+        idx = self.order[self.pos + part.start:self.pos + part.stop]
         self.pos += global_n
         return self.at(stage.resolution)[idx]

@@ -6,8 +6,9 @@ rotated by a seeded offset, then cut into ``streams`` equal data streams (the ``
 left over are different ones each epoch); each stream permutes its rows within windows of
 ``window`` rows. Global batch ``k`` is the ``k``-th ``batch / streams`` rows of every stream, in
 stream order, so which rows make it up depends only on (seed, resolution, epoch, k): each of ``W``
-workers serves an equal, contiguous share of the streams (``W`` must divide ``streams``, and
-``streams`` every batch), and any ``W`` gives the same rows in the same batches. A position (epoch,
+workers serves a contiguous share of the streams (``core.schedule.split_streams``: any ``W`` up to
+``streams``, unequal shares where ``W`` does not divide them; ``streams`` must divide every batch),
+and any ``W`` gives the same rows in the same batches. A position (epoch,
 rows taken from each stream) is all a resume needs, at any worker count: it starts reading at the
 window holding that row (at most one window and one row group early), not at the start of the epoch.
 
@@ -68,15 +69,6 @@ def default_streams(batches: Iterable[int]) -> int:
     """The largest divisor of every batch up to MAX_STREAMS: the most worker counts the batches allow."""
     g = math.gcd(*batches)
     return max(d for d in range(1, min(g, MAX_STREAMS) + 1) if g % d == 0)
-
-
-def split_streams(streams: int, rank: int, world: int) -> range:
-    """The data streams worker ``rank`` of ``world`` serves: an equal, contiguous share."""
-    if world < 1 or streams < 1 or streams % world:
-        raise ValueError(f"{world} workers cannot share {streams} data streams equally: the worker count must "
-                         f"divide the streams (--data-streams)")
-    share = streams // world
-    return range(rank * share, (rank + 1) * share)
 
 
 def _slice(segments: list[Segment], start: int, stop: int) -> list[Segment]:

@@ -30,6 +30,7 @@ class ProgressBoard:
         self.said: list[str] = []  # console lines for the driver to print, in order
         self.posted: list[dict] = []  # validation records for rank 0 to log, in order
         self.logged = 0  # how many of them rank 0 has logged
+        self.workers: int | None = None  # the size of the worker group that started last
 
     def beat(self, what: str) -> None:
         self.last, self.what = time.time(), what
@@ -59,6 +60,11 @@ class ProgressBoard:
 
     def failure(self) -> str | None:
         return self.failed
+
+    def started(self, workers: int) -> int | None:
+        """A worker group of ``workers`` started; returns the size of the one before it (None: first)."""
+        before, self.workers = self.workers, workers
+        return before
 
 
 def new_board() -> tuple[object, str]:
@@ -118,6 +124,16 @@ def records(name: str | None, seen: int, timeout_s: float = 30.0) -> list[dict]:
         return ray.get(board.records.remote(seen), timeout=timeout_s)
     except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
         return []
+
+
+def group_started(name: str | None, workers: int, timeout_s: float = 30.0) -> int | None:
+    """Tell the board a worker group of ``workers`` started; the size of the group before it, or None
+    (the first, no board, or no answer within ``timeout_s``)."""
+    board = _board(name)
+    try:
+        return ray.get(board.started.remote(workers), timeout=timeout_s) if board is not None else None
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+        return None
 
 
 def logged(name: str | None, timeout_s: float = 30.0) -> int:

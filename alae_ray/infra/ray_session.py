@@ -91,14 +91,16 @@ def require(cpus: float, gpus: float, what: str, hint: str, *, strict: bool) -> 
     return message + ". Waiting for the cluster to scale up."
 
 
-def preflight(needs: Needs, *, strict: bool) -> str | None:
-    """``require`` for a training run, with the number of workers that would fit as the hint."""
+def preflight(needs: Needs, *, strict: bool, fewest: int | None = None) -> str | None:
+    """``require`` for a training run, with the number of workers that would fit as the hint
+    (``fewest``: an elastic run's, whose most workers ``needs`` holds; the hint is then a range)."""
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
     fit = int((cpus - needs.data_cpus) // needs.cpus_per_worker) if needs.cpus_per_worker else needs.workers
     if needs.gpus_per_worker:
         fit = min(fit, int(gpus // needs.gpus_per_worker))
-    hint = (f"use --workers {fit}" if fit >= 1 else "use a larger cluster") + " (or lower --cpus-per-worker)"
+    fits = f"{fewest}-{fit}" if fewest and fit > fewest else str(fit)
+    hint = (f"use --workers {fits}" if fit >= 1 else "use a larger cluster") + " (or lower --cpus-per-worker)"
     warning = require(needs.cpus, needs.workers * needs.gpus_per_worker, f"the run needs {needs.describe()}", hint,
                       strict=strict)
     return warning and warning.replace("scale up.", "scale up (bounded by --stall-timeout).")

@@ -11,7 +11,8 @@ def cmd_train(args) -> int:
 
     init = args.init and locate_checkpoint(args.init, "alae-ray train: --init")
     opts = TrainOptions(preset=args.preset or (None if args.init else MAIN_PRESET), overrides=args.set or [], data=args.data, storage=args.storage,
-                        name=args.name, workers=args.workers, streams=args.data_streams, gpu=args.gpu,
+                        name=args.name, workers=args.workers[0], max_workers=args.workers[1],
+                        resize_check_s=args.resize_check, streams=args.data_streams, gpu=args.gpu,
                         max_kimg=args.max_kimg,
                         tick_kimg=args.tick_kimg, checkpoint_kimg=args.checkpoint_kimg, keep=args.keep,
                         max_failures=args.max_failures, flip=not args.no_flip,
@@ -34,6 +35,18 @@ def cmd_train(args) -> int:
     return 0
 
 
+def worker_range(text: str) -> tuple[int, int | None]:
+    """``--workers``: N, or MIN-MAX for an elastic run."""
+    import argparse
+
+    lo, dash, hi = text.partition("-")
+    try:
+        pair = (int(lo), int(hi) if dash else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX (e.g. 4 or 2-8), got {text!r}") from None
+    return pair
+
+
 def register(sub) -> None:
     p = sub.add_parser("train", help="train on Ray Train (local Ray, or the cluster in RAY_ADDRESS)",
                        description="Train ALAE with Ray Train. With no --data, generates the embedded procedural "
@@ -45,9 +58,14 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="dataset URI from `alae-ray prepare` (local path or s3://...)")
     p.add_argument("--storage", default="runs", help="checkpoints and artifacts: local path or s3://bucket/prefix")
     p.add_argument("--name", default=None, help="run name (default: the preset name); the same name resumes")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
+    p.add_argument("--workers", type=worker_range, default=(1, None), metavar="N|MIN-MAX",
+                   help="Ray Train workers (default 1); MIN-MAX: elastic, starting with as many as the cluster has room "
+                        "for, going on with fewer when a node is lost and growing when nodes return (each change "
+                        "restarts from the latest checkpoint; the batches are the same at any count)")
+    p.add_argument("--resize-check", type=float, default=60.0, metavar="SECONDS",
+                   help="how often an elastic run looks for room to grow (default 60)")
     p.add_argument("--data-streams", type=int, default=None, metavar="N",
-                   help="the data order's streams: every worker count dividing N reads the same rows in the same "
+                   help="the data order's streams: every worker count up to N reads the same rows in the same "
                         "batches, and a run resumes exactly at any of them (default: the largest divisor of every "
                         "batch of the schedule, up to 32)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.config import Config, ConfigError, load_config
-from ..core.schedule import micro_batch, per_worker_batch, stage_at, total_kimg
+from ..core.schedule import stage_at, total_kimg
 from ..data import open_dataset, read_first_rows
 from ..data.reader import check_level_schemas
 from ..data.stream import MAX_STREAMS, default_streams
@@ -41,7 +41,10 @@ class TrainOptions:
     data: str | None = None  # Dataset URI (local or s3://); None = the embedded procedural dataset.
     storage: str = "runs"  # Where checkpoints and artifacts go (local path or s3://bucket/prefix).
     name: str | None = None  # Run name; the same name resumes. Default: the preset's name.
-    workers: int = 1  # Ray Train workers.
+    workers: int = 1  # Ray Train workers (with max_workers: the fewest the run trains with).
+    max_workers: int | None = None  # Elastic: start with what is free up to this, shrink on a lost
+    #                                 node and grow when nodes return (None: exactly ``workers``).
+    resize_check_s: float = 60.0  # How often an elastic run looks for room to grow.
     gpu: bool = False  # One GPU per worker.
     max_kimg: float | None = None  # Stop after this many thousand images (default: the whole schedule).
     tick_kimg: float = 0.5  # Report interval.
@@ -87,6 +90,10 @@ def describe(opts: TrainOptions, config: Config | None = None) -> RunSpec:
                           f"({'; '.join(diff)})")
     if opts.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {opts.workers}")
+    if opts.max_workers is not None and opts.max_workers < opts.workers:
+        raise ConfigError(f"--workers {opts.workers}-{opts.max_workers}: the most workers must be at least the fewest")
+    if opts.resize_check_s <= 0:
+        raise ConfigError(f"--resize-check must be > 0 seconds, got {opts.resize_check_s:g}")
     for flag, kimg in (("--tick-kimg", opts.tick_kimg), ("--checkpoint-kimg", opts.checkpoint_kimg)):
         if kimg is not None and not kimg > 0:
             raise ConfigError(f"{flag} must be > 0, got {kimg}")
@@ -97,12 +104,12 @@ def describe(opts: TrainOptions, config: Config | None = None) -> RunSpec:
     if any(b % streams for b in batches):
         raise ConfigError(f"--data-streams {streams} must divide every batch of the schedule "
                           f"({', '.join(map(str, batches))})")
-    if streams % opts.workers:
-        raise ConfigError(f"--workers {opts.workers} must divide the run's {streams} data streams, so that every "
-                          f"worker count reads the same batches (the default: the largest divisor of every batch, "
-                          f"up to {MAX_STREAMS}; --data-streams sets it)")
-    for b in batches:  # fail now, naming the batch, rather than inside a worker
-        micro_batch(per_worker_batch(b, opts.workers), cfg.train.batch_gpu)
+    most = opts.max_workers or opts.workers
+    if most > streams:
+        asked = f"{opts.workers}-{most}" if opts.max_workers else f"{most}"
+        raise ConfigError(f"--workers {asked}: at most the run's {streams} data streams, one or more per worker, so "
+                          f"that every worker count reads the same batches (the default: the largest divisor of "
+                          f"every batch, up to {MAX_STREAMS}; --data-streams sets it)")
     data = opts.data or embedded_for(cfg, opts.shapes_count)
     manifest = open_dataset(data)
     levels = dataset_levels(cfg, manifest)
@@ -122,6 +129,8 @@ def describe(opts: TrainOptions, config: Config | None = None) -> RunSpec:
         max_kimg=opts.max_kimg if opts.max_kimg is not None else total_kimg(cfg),
         start_kimg=init_progress["images_seen"] / 1000.0 if init is not None else 0.0,
         tick_kimg=opts.tick_kimg, checkpoint_kimg=opts.checkpoint_kimg, keep=opts.keep, workers=opts.workers,
+        max_workers=opts.max_workers if opts.max_workers != opts.workers else None,
+        resize_check_s=opts.resize_check_s,
         gpu=opts.gpu, cpus_per_worker=opts.cpus_per_worker, max_failures=max_failures(opts),
         stall_timeout_s=opts.stall_timeout_s, init_checkpoint=opts.init_checkpoint,
         validation=resolve_validation(opts.validate, cfg, manifest.source, cpus=opts.validation_cpus,
@@ -157,7 +166,7 @@ def build_trainer(spec: RunSpec, callbacks=(), worker_callbacks=()):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from .worker import train_loop_per_worker
+    from .worker import Restarts, train_loop_per_worker
 
     manifest = open_dataset(spec.data)
     board, board_name = new_board()
@@ -172,26 +181,28 @@ def build_trainer(spec: RunSpec, callbacks=(), worker_callbacks=()):
         train_loop_config={"spec": spec.to_dict(), "board": board_name,
                            "fixed_reals": read_first_rows(manifest, top, split, 8)["image"],
                            "held_out": _held_out(spec, manifest), "callbacks": list(worker_callbacks)},
-        scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=spec.gpu,
-                                               resources_per_worker={"CPU": spec.cpus_per_worker}),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=(spec.workers, spec.max_workers) if spec.elastic else spec.workers, use_gpu=spec.gpu,
+            resources_per_worker={"CPU": spec.cpus_per_worker}, elastic_resize_monitor_interval_s=spec.resize_check_s),
         run_config=ray.train.RunConfig(
             name=spec.name, storage_path=storage_path, storage_filesystem=storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=spec.keep, checkpoint_score_attribute=v and v.keep_best,
                 checkpoint_score_order=(v and v.order) or "max"),
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
-            callbacks=list(callbacks) or None),
+            callbacks=[Restarts(board_name, spec.max_failures), *callbacks]),
         validation_config=ray_config(v, board_name) if v else None,
     )
     return trainer, board
 
 
 def max_failures(opts: TrainOptions) -> int:
-    """Restarts after a lost worker: 3 on a cluster (nodes go away), none on a local Ray (a crash
-    there is a bug that a restart would repeat)."""
+    """Restarts after a lost worker: 3 on a cluster (nodes go away) or for an elastic run (which
+    shrinks by restarting), none on a local Ray otherwise (a crash there is a bug that a restart
+    would repeat)."""
     if opts.max_failures is not None:
         return opts.max_failures
-    return 3 if os.environ.get("RAY_ADDRESS") else 0
+    return 3 if os.environ.get("RAY_ADDRESS") or (opts.max_workers or opts.workers) > opts.workers else 0
 
 
 def fit(trainer, spec: RunSpec, board):
@@ -220,7 +231,10 @@ def run(spec: RunSpec, worker_callbacks=()) -> dict:
     (``worker_callbacks``: see ``build_trainer``)."""
     start_ray("train", verbose=spec.verbose)
     gpus = 1.0 if spec.gpu else 0.0
-    warning = preflight(Needs(spec.workers, spec.cpus_per_worker, gpus), strict=not cluster_can_grow())
+    strict = not cluster_can_grow()
+    warning = preflight(Needs(spec.workers, spec.cpus_per_worker, gpus), strict=strict)
+    if spec.elastic and strict:  # a local Ray never grows: its most workers must fit now, with Ray Data's CPU
+        preflight(Needs(spec.max_workers, spec.cpus_per_worker, gpus), strict=True, fewest=spec.workers)
     shared = local_paths_warning({"--data": spec.data, "--storage": None if spec.s3 else spec.storage},
                                  other_node_ips())
     for w in (warning, shared):

@@ -38,7 +38,9 @@ class RunSpec:
     checkpoint_kimg: float | None = None  # None: core.pacing's automatic pacing
     keep: int = 3
     # on what
-    workers: int = 1
+    workers: int = 1  # the fewest workers it trains with
+    max_workers: int | None = None  # elastic: up to this many, as the cluster has room (None: fixed)
+    resize_check_s: float = 60.0  # how often an elastic run looks for room to grow
     gpu: bool = False
     cpus_per_worker: float = 1.0
     # failures and bounds
@@ -86,6 +88,15 @@ class RunSpec:
     def data_resolution(self) -> int | None:
         """The one resolution an MLP ALAE reads (None: the schedule's level)."""
         return self.levels[-1] if self.config.model.kind == "mlp" else None
+
+    @property
+    def elastic(self) -> bool:
+        return self.max_workers is not None
+
+    @property
+    def workers_shown(self) -> str:
+        """As ``--workers`` takes it: N, or MIN-MAX."""
+        return f"{self.workers}-{self.max_workers}" if self.elastic else str(self.workers)
 
     @property
     def threads(self) -> int:

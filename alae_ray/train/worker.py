@@ -28,13 +28,13 @@ from ..core.layers import downsample_to
 from ..core.pacing import AUTO_BUDGET, AUTO_MIN_KIMG, CheckpointPacer
 from ..core.phases import ALAEPhases, NonFiniteLossError, Shard
 from ..core.pixels import from_uint8, ingest
-from ..core.schedule import Stage
+from ..core.schedule import Stage, split_streams
 from ..core.session import Session, Snapshot, Tick
 from ..data import stream
 from ..data.ray_reader import segments_dataset
 from ..data.reader import open_dataset
 from ..data.storage import DatasetError
-from ..infra.board import beat
+from ..infra.board import beat, group_started
 from . import artifacts
 from .spec import RunSpec
 from .validation import ValidationLog
@@ -45,7 +45,7 @@ class ShardStream:
 
     The order is ``alae_ray.data.stream``'s: the run's ``streams`` data streams, a pure function of
     (seed, level, epoch) each, this worker serving its share of them; so a position (level, epoch,
-    rows taken from each stream) is all a resume needs, at any worker count that divides the streams,
+    rows taken from each stream) is all a resume needs, at any worker count up to the streams,
     and it starts reading there. Each epoch is a Ray Dataset of this worker's segments. Flips are
     decided per (row id, epoch).
     """
@@ -55,7 +55,7 @@ class ShardStream:
                  device: torch.device = torch.device("cpu")):
         self.manifest = open_dataset(data)
         self.seed, self.rank, self.streams, self.flip, self.buffer = seed, rank, streams, flip, buffer
-        self.mine = stream.split_streams(streams, rank, world)
+        self.mine = split_streams(streams, rank, world)
         self.data_resolution, self.model, self.board, self.device = data_resolution, model, board, device
         self.resolution: int | None = None
         self.epoch = 0
@@ -86,8 +86,8 @@ class ShardStream:
             batch_size=None, batch_format="numpy", prefetch_batches=2)
         self._it = work.batches(self.rows, chunks, n)
 
-    def __call__(self, stage: Stage, n: int) -> torch.Tensor:
-        res = self.data_resolution or stage.resolution
+    def __call__(self, stage: Stage, part: slice) -> torch.Tensor:
+        res, n = self.data_resolution or stage.resolution, part.stop - part.start
         if res != self.resolution:  # a new level starts its own epochs
             self.resolution, self.epoch, self.rows, self._it = res, 0, 0, None
         while True:
@@ -126,7 +126,7 @@ def train_loop_per_worker(config: dict) -> None:
     data_context = ray.data.DataContext.get_current()
     data_context.execution_options.preserve_order = True  # the segments' order is the stream's
     data_context.enable_progress_bars = False  # one console line per tick instead
-    phases = ALAEPhases(cfg, device, Shard(rank, world))
+    phases = ALAEPhases(cfg, device, Shard(rank, world, spec.streams))
     board = config.get("board")
     beat(board, f"rank {rank} of {world} started on {socket.gethostname()}")
     data = ShardStream(spec.data, cfg.train.seed, rank, world, spec.streams, spec.flip, spec.shuffle_buffer,
@@ -134,13 +134,18 @@ def train_loop_per_worker(config: dict) -> None:
     out_dir = spec.artifacts_dir
     session = Session(phases, data, max_kimg=spec.max_kimg, tick_kimg=spec.tick_kimg, gather=_gather)
 
-    checkpoint = ray.train.get_checkpoint()
+    before = group_started(board, world) if rank == 0 else None  # the group this one replaces
+    checkpoint = _latest(ray.train.get_checkpoint(), spec.run_uri, board, rank)
     if checkpoint is None and spec.init_checkpoint:  # a new run started from another run's checkpoint
         _init_from(spec.init_checkpoint, session, rank, out_dir, data=spec.init_data_position)
     if checkpoint is not None:
-        session.restore(*_read_resumable(checkpoint, spec.run_uri, device, board))
-        if rank == 0:
-            print(f"resumed from checkpoint at {phases.kimg:.2f} kimg (iteration {phases.iteration})", flush=True)
+        tensors, progress = _read_resumable(checkpoint, spec.run_uri, device, board)
+        session.restore(tensors, progress)
+        before = before or progress.get("workers", world)  # a new driver: the group that wrote the checkpoint
+        change = "" if before == world else (f"; the worker group {'shrank' if world < before else 'grew'} from "
+                                             f"{before} to {world}")
+        beat(board, "resuming", say=f"resumed from the checkpoint at {phases.kimg:.3f} kimg (iteration "
+                                    f"{phases.iteration}) with {world} worker(s){change}" if rank == 0 else None)
     fixed_kimg = spec.checkpoint_kimg  # None: paced automatically
     session.pacer = CheckpointPacer(max(1, round((fixed_kimg or AUTO_MIN_KIMG) * 1000)), phases.images_seen,
                                     None if fixed_kimg else AUTO_BUDGET)
@@ -221,6 +226,25 @@ class Report:
             self.log.close()
 
 
+class Restarts(ray.train.UserCallback):
+    """On Ray Train's controller: say on the driver's console when the worker group fails (a lost
+    node, a crashed worker) and whether it is restarted from the latest checkpoint; the restarted
+    rank 0 then says at what kimg and with how many workers it goes on."""
+
+    def __init__(self, board: str, max_failures: int):
+        self.board, self.max_failures, self.failures = board, max_failures, 0
+
+    def after_exception(self, run_context, worker_exceptions: dict) -> None:
+        self.failures += 1
+        rank, exc = min(worker_exceptions.items())
+        cause = (str(exc).strip().splitlines() or [""])[0][:240]
+        left = self.max_failures - self.failures + 1 if self.max_failures >= 0 else None
+        then = ("; not restarted (--max-failures)" if left == 0 else
+                "; restarting it from the latest checkpoint" + (f" ({left - 1} restarts left)" if left else ""))
+        line = f"the worker group failed (rank {rank}: {type(exc).__name__}: {cause}){then}"
+        beat(self.board, line, say=f"warning: {line}")
+
+
 def _init_from(uri: str, session: Session, rank: int, out_dir: Path, data: bool) -> None:
     """Networks, EMA, optimizer moments and counters from a checkpoint of another run (per-level
     tuning, population members); its data position with ``data``, which only the caller can judge
@@ -254,6 +278,24 @@ def _publish(session: Session, tick: Tick, out_dir: Path, reals, upload: str | N
                           warn)
     if upload:
         artifacts.attempt(f"uploading the artifacts to {upload}", lambda: artifacts.upload(out_dir, upload), warn)
+
+
+def _latest(checkpoint, run_uri: str, board: str | None, rank: int):
+    """The checkpoint to resume from: Ray Train's, or a newer complete one in the run directory. Ray
+    Train registers an asynchronous upload only when the workers report after it, so a node lost in
+    between would otherwise cost a checkpoint interval (or the whole run, before the first one)."""
+    from ..data.storage import resolve
+    from ..infra.checkpoints import run_checkpoints
+
+    newest = _gather(run_checkpoints(run_uri)[:1])[0]  # rank 0's listing, should the ranks' differ
+    if not newest or (checkpoint is not None and Path(checkpoint.path).name == Path(newest[0]).name):
+        return checkpoint
+    name = Path(newest[0]).name
+    line = (f"checkpoint {name} was uploaded but not registered with Ray Train before the worker group "
+            f"stopped; resuming from it" + (f" rather than {Path(checkpoint.path).name}" if checkpoint else ""))
+    beat(board, line, say=f"warning: {line}" if rank == 0 else None)
+    loc = resolve(newest[0])
+    return ray.train.Checkpoint(loc.path, filesystem=loc.fs)
 
 
 def _read_resumable(checkpoint, run_uri: str, device, board: str | None) -> tuple[dict, dict]:

@@ -52,6 +52,7 @@ from ..core.config import (
     set_dotted,
 )
 from ..core.schedule import stage_at
+from ..data.stream import MAX_STREAMS, default_streams
 from ..train.objective import OBJECTIVES
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -108,7 +109,8 @@ class ObjectiveConfig:
 class TrialConfig:
     kimg: float = 1.0  # Images (thousands) each trial trains, from its start.
     checkpoint_kimg: float = 0.0  # Checkpoint interval inside a trial (0 = every objective measurement).
-    workers: int = 1  # Ray Train workers per trial.
+    workers: int = 1  # Ray Train workers per trial (with max_workers: the fewest).
+    max_workers: int = 0  # Elastic trials: up to this many workers, as the cluster has room (0: exactly workers).
     gpu: bool = False  # One GPU per worker.
     cpus_per_worker: float = 1.0
     driver_cpus: float = 0.01  # The Tune trial itself (only builds and waits on the TorchTrainer).
@@ -266,6 +268,9 @@ def _check_sections(s: Sweep) -> None:
     t = s.trial
     if t.kimg <= 0 or t.checkpoint_kimg < 0 or t.workers < 1 or t.cpus_per_worker <= 0:
         raise ConfigError(f"{p}: trial.kimg must be > 0, trial.workers >= 1, trial.cpus_per_worker > 0")
+    if t.max_workers and t.max_workers < t.workers:
+        raise ConfigError(f"{p}: trial.max_workers {t.max_workers} must be 0 (fixed) or at least trial.workers "
+                          f"{t.workers}")
     if t.max_failures < 0 or t.retries < 0 or t.stall_timeout_s <= 0:
         raise ConfigError(f"{p}: trial.max_failures and trial.retries must be >= 0 and trial.stall_timeout_s > 0")
     if not 0 < t.driver_cpus <= 64:
@@ -371,6 +376,15 @@ class SweepPlan:
         return from_dict(data)
 
 
+def _check_workers(t: TrialConfig, cfg: Config, where: str) -> None:
+    """The trial's most workers must share the data streams its batches allow (data.stream)."""
+    batches = sorted(set(cfg.schedule.batch.values()))
+    streams, most = default_streams(batches), max(t.workers, t.max_workers)
+    if most > streams:
+        raise ConfigError(f"{where} batches {batches}, which {most} workers cannot share (their largest common "
+                          f"divisor up to {MAX_STREAMS}, {streams}, is the most)")
+
+
 def _table_key(key: str) -> tuple[str, int] | None:
     parts = key.split(".")
     if len(parts) == 3 and parts[0] == "schedule" and parts[1] in TABLES:
@@ -438,6 +452,7 @@ def plan_sweep(sweep: Sweep) -> SweepPlan:
         cfg = plan.config({})
     except ConfigError as exc:
         raise ConfigError(f"{p}: preset/overrides: {exc}") from None
+    _check_workers(sweep.trial, cfg, f"{p}: trial.workers: the preset has")
     if ckpt_cfg is not None:
         if cfg.model != ckpt_cfg.model:
             raise ConfigError(f"{p}: the model of preset {sweep.preset!r} (with overrides) differs from the model of "
@@ -460,10 +475,7 @@ def plan_sweep(sweep: Sweep) -> SweepPlan:
             except ConfigError as exc:
                 raise ConfigError(f"{p}: space.{param.key}: value {value!r} gives an invalid config: {exc}") from None
             reached = max(reached, stage_at(trial, last_kimg).resolution)
-            for r, b in trial.schedule.batch.items():
-                if b % sweep.trial.workers:
-                    raise ConfigError(f"{p}: space.{param.key}: batch {b} at {r}px is not divisible by "
-                                      f"trial.workers {sweep.trial.workers}")
+            _check_workers(sweep.trial, trial, f"{p}: space.{param.key}: value {value!r} gives")
     for param in sweep.space:  # a per-level value only matters once a trial trains at that level
         if (table := _table_key(param.key)) and table[1] > reached:
             raise ConfigError(f"{p}: space.{param.key}: the trials end at {reached}px ({plan.max_kimg:g} kimg), "

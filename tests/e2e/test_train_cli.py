@@ -55,8 +55,12 @@ def test_bad_arguments_fail_cleanly(tmp_path):
     assert out.returncode == 2 and "train.r1_gama" in out.stderr and "Traceback" not in out.stderr
     out = alae_ray("train", "--data", str(tmp_path / "nope"), cwd=tmp_path, env=env)
     assert out.returncode == 2 and "nope" in out.stderr and "Traceback" not in out.stderr
-    out = alae_ray("train", "--workers", "3", cwd=tmp_path, env=env)  # the 16 data streams (batches 32, 16)
-    assert out.returncode == 2 and "--workers 3 must divide the run's 16 data streams" in out.stderr
+    out = alae_ray("train", "--workers", "2-17", cwd=tmp_path, env=env)  # the 16 data streams (batches 32, 16)
+    assert out.returncode == 2 and "--workers 2-17: at most the run's 16 data streams" in out.stderr
+    out = alae_ray("train", "--workers", "3-2", cwd=tmp_path, env=env)
+    assert out.returncode == 2 and "--workers 3-2: the most workers must be at least the fewest" in out.stderr
+    out = alae_ray("train", "--workers", "two", cwd=tmp_path, env=env)
+    assert out.returncode == 2 and "expected N or MIN-MAX (e.g. 4 or 2-8), got 'two'" in out.stderr
     out = alae_ray("train", "--data-streams", "5", cwd=tmp_path, env=env)
     assert out.returncode == 2 and "--data-streams 5 must divide every batch of the schedule (16, 32)" in out.stderr
     out = alae_ray("train", "--checkpoint-kimg", "0", cwd=tmp_path, env=env)

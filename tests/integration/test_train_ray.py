@@ -107,22 +107,23 @@ def test_two_workers_from_s3_cross_a_level_change(tmp_path, faces_s3, s3_bucket)
     assert any(i.base_name == "losses.png" for i in uploaded)
 
 
-def test_one_and_two_workers_agree_on_the_first_step(tmp_path, shapes_local):
-    """One worker or two: the same rows make up the global batch (the data streams), the same z and
-    mixing coins, flips and initial weights, the losses averaged over the workers. The first step's
-    losses agree up to summation order, the bound test_distributed_core measures (G's noise is off:
-    each worker draws its own)."""
+def test_one_two_and_three_workers_agree_on_the_first_step(tmp_path, shapes_local):
+    """One worker, two, or three (unequal parts: 5, 5 and 6 of the 16 data streams): the same rows
+    make up the global batch, the same z and mixing coins, flips and initial weights, the losses
+    averaged over the workers by share, and G's noise drawn for the global batch too. The first
+    step's losses agree up to summation order, the bound test_distributed_core measures."""
     from alae_ray.train.run import run
 
     first = {}
-    for workers in (1, 2):
-        run(spec(tmp_path / str(workers), data=shapes_local, workers=workers, max_kimg=0.016,
-                 overrides=FAST + ["train.noise=false"]))
+    for workers in (1, 2, 3):
+        run(spec(tmp_path / str(workers), data=shapes_local, workers=workers, max_kimg=0.016))
         first[workers] = metrics(tmp_path / str(workers) / "artifacts")[0]
-    one, two = first[1], first[2]
-    assert one["iteration"] == two["iteration"] == 1
-    for key in (*LOSSES, "real_score", "fake_score"):
-        assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), key
+    one = first[1]
+    for workers in (2, 3):
+        other = first[workers]
+        assert one["iteration"] == other["iteration"] == 1 and other["workers"] == workers
+        for key in (*LOSSES, "real_score", "fake_score"):
+            assert other[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), (workers, key)
 
 
 def test_interrupted_run_resumes_exactly(tmp_path, shapes_local):
@@ -212,6 +213,9 @@ def test_more_workers_than_cpus_is_refused_before_anything_starts(tmp_path, shap
     with pytest.raises(PreflightError, match=r"4 worker\(s\) x 1 CPU \+ 1 CPU .* = 5 CPUs: 5 CPUs but the cluster "
                                              r"has 4; use --workers 3"):
         run(spec(tmp_path, data=shapes_local, workers=4, max_kimg=0.032))
+    # an elastic run on a Ray that cannot grow: its most workers must fit
+    with pytest.raises(PreflightError, match=r"4 worker\(s\) x 1 CPU .* has 4; use --workers 2-3"):
+        run(spec(tmp_path, data=shapes_local, workers=2, max_workers=4, max_kimg=0.032))
     assert not (tmp_path / "runs" / "t").exists()
 
 

@@ -37,7 +37,7 @@ def reals(n=32, res=32, seed=0):
 def test_each_phase_updates_only_its_networks(phases, kimg):
     stage = stage_at(TINY, kimg)
     phases.set_stage(stage)
-    x = TensorImages(reals())(stage, stage.batch)
+    x = TensorImages(reals())(stage, slice(0, stage.batch))
     before = snapshot(phases)
     out = phases.discriminator_phase(x, stage)
     assert changed(before, snapshot(phases)) == {"E", "D"}
@@ -62,7 +62,7 @@ def test_every_generation_moves_the_w_average(phases):
     calls = []
     update = phases.model.update_w_avg
     phases.model.update_w_avg = lambda w, beta: (calls.append(w.clone()), update(w, beta))
-    phases.step(TensorImages(reals())(stage, stage.batch), stage)
+    phases.step(TensorImages(reals())(stage, slice(0, stage.batch)), stage)
     assert len(calls) == 3
     avg = phases.model.w_avg
     assert torch.equal(avg, avg[:1].expand_as(avg))  # every style input's row moves alike
@@ -125,7 +125,7 @@ def test_ema_half_life():
 def test_optimizer_state_reset_on_level_change(phases):
     src = TensorImages(reals())
     stage0 = stage_at(TINY, 0.0)
-    phases.step(src(stage0, stage0.batch), stage0)
+    phases.step(src(stage0, slice(0, stage0.batch)), stage0)
     assert len(phases.opt_ED.state) > 0 and len(phases.opt_FG.state) > 0
     phases.set_stage(stage0)
     assert len(phases.opt_ED.state) > 0  # same level: kept
@@ -135,12 +135,25 @@ def test_optimizer_state_reset_on_level_change(phases):
     assert all(g["lr"] == stage1.lr for g in phases.opt_ED.param_groups)
 
 
-def test_same_global_batch_latents_across_world_sizes():
+@pytest.mark.parametrize("world,streams", [(2, 0), (2, 4), (3, 4), (4, 8)])
+def test_same_global_batch_latents_across_world_sizes(world, streams):
     from alae_ray.core.phases import Shard
     one = ALAEPhases(TINY, shard=Shard(0, 1))._z(8)
-    r0 = ALAEPhases(TINY, shard=Shard(0, 2))._z(8)
-    r1 = ALAEPhases(TINY, shard=Shard(1, 2))._z(8)
-    assert torch.equal(torch.cat([r0, r1]), one)
+    ranks = [ALAEPhases(TINY, shard=Shard(r, world, streams))._z(8) for r in range(world)]
+    assert torch.equal(torch.cat(ranks), one)
+
+
+def test_shards_split_a_batch_by_their_data_streams():
+    from alae_ray.core.config import ConfigError
+    from alae_ray.core.phases import Shard
+    parts = [Shard(r, 3, 16).part(32) for r in range(3)]
+    assert [(p.start, p.stop) for p in parts] == [(0, 10), (10, 20), (20, 32)]  # streams 0-4, 5-9, 10-15
+    assert [Shard(r, 3, 16).weight for r in range(3)] == [5 / 16, 5 / 16, 6 / 16]
+    assert Shard(1, 2).part(8) == slice(4, 8) and Shard(1, 2).weight == 0.5  # no streams: equal halves
+    with pytest.raises(ConfigError, match="5 workers cannot share 4 data streams"):
+        Shard(0, 5, 4).part(8)
+    with pytest.raises(ValueError, match="a global batch of 12 does not split into 8"):
+        Shard(0, 2, 8).part(12)
 
 
 def test_non_finite_loss_names_phase_and_iteration(phases):
@@ -160,9 +173,9 @@ def test_the_loop_stops_at_the_tick_after_a_non_finite_loss():
     ph = ALAEPhases(cfg)
     calls = []
 
-    def batches(stage, n):  # the second batch is NaN
-        calls.append(n)
-        x = reals(n, 4)
+    def batches(stage, part):  # the second batch is NaN
+        calls.append(part)
+        x = reals(part.stop - part.start, 4)
         return x * float("nan") if len(calls) == 2 else x
 
     ticks = []
@@ -179,7 +192,7 @@ def test_the_ae_baseline_trains_e_and_g_alone_and_names_its_own_phase():
     changed = {k.split(".")[0] for k, v in ph.model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"E", "G"}, changed
     with pytest.raises(NonFiniteLossError, match="non-finite loss_ae in the autoencoder phase"):
-        train(ph, lambda stage, n: reals(n, 4) * float("nan"), max_kimg=0.128)
+        train(ph, lambda stage, part: reals(part.stop - part.start, 4) * float("nan"), max_kimg=0.128)
 
 
 def test_exact_resume_through_a_session_checkpoint(tmp_path):

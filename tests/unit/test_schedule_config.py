@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from alae_ray.core.config import ConfigError, load_config, preset_names
-from alae_ray.core.schedule import per_worker_batch, stage_at, total_kimg
+from alae_ray.core.schedule import split_streams, stage_at, total_kimg
 
 TINY = load_config("tiny", ["schedule.fade=linear"])  # levels at 4, 8, 16, 32; fade 1, stable 1 kimg
 
@@ -53,17 +53,17 @@ def test_ffhq_tables_follow_the_authors_config():
     assert stage_at(cfg, 8 * 960).resolution == 1024 and stage_at(cfg, 8 * 960 + 240).alpha == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("world", [1, 2, 4, 8, 16, 32])
-def test_batch_split_across_world_sizes(world):
-    cfg = load_config("ffhq1024")
-    for r in (4, 64, 1024):
-        g = cfg.schedule.table("batch", r)
-        assert per_worker_batch(g, world) * world == g  # the global batch never depends on world size
+@pytest.mark.parametrize("streams", [1, 16, 32])
+def test_any_worker_count_up_to_the_streams_shares_them(streams):
+    for world in range(1, streams + 1):
+        shares = [split_streams(streams, r, world) for r in range(world)]
+        assert [v for s in shares for v in s] == list(range(streams))  # each stream once, in rank order
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1  # as equal as the count allows
 
 
-def test_indivisible_batch_is_an_error():
-    with pytest.raises(ConfigError, match="not divisible by 3 workers"):
-        per_worker_batch(32, 3)
+def test_more_workers_than_streams_is_an_error():
+    with pytest.raises(ConfigError, match="3 workers cannot share 2 data streams"):
+        split_streams(2, 0, 3)
 
 
 def test_presets_load():

@@ -219,7 +219,10 @@ def test_outputs_become_uint8_one_forward_chunk_at_a_time(engine):
     got = engine.generate(seeds, psis)
     m = engine.model
     want = m.to_uint8(m.generate(seeds.tolist(), psi=psis, cutoff=engine.info()["truncation_cutoff"]))
-    assert got.shape == (n, 32, 32, 3) and got.dtype == np.uint8 and np.array_equal(got, want)
+    # F maps each chunk's 3 seeds alone here and all 67 at once there: BLAS may round a batch of 3
+    # and of 67 differently (float32 ulps), which moves a pixel at a rounding boundary by one level
+    assert got.shape == (n, 32, 32, 3) and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
     ws = engine.encode(got)
     assert np.array_equal(engine.synthesize(ws), m.to_uint8(m.decode(ws)))
     assert np.array_equal(engine.reconstruct(got)[0], m.to_uint8(m.reconstruct(got)))

@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from alae_ray.core.schedule import split_streams
 from alae_ray.data import stream
 from alae_ray.data.stream import Segment
 
@@ -95,23 +96,24 @@ def worker_batches(manifest, workers: int, row: int = 0, epoch: int = 2, batch: 
     out = []
     for rank in range(workers):
         work = stream.WorkerPlan(tuple(plan(stream.blocks(manifest, 64), epoch, v, STREAMS, window)
-                                       for v in stream.split_streams(STREAMS, rank, workers)))
+                                       for v in split_streams(STREAMS, rank, workers)))
         reads = work.reads(row)
         chunks = read_all(manifest, 64, [s for _, s in reads], chunk=chunk)
-        out.append((list(work.batches(row, chunks, batch // workers)), reads))
+        out.append((list(work.batches(row, chunks, batch * len(work.plans) // STREAMS)), reads))
     return out
 
 
-@pytest.mark.parametrize("workers", [2, 4])
+@pytest.mark.parametrize("workers", [2, 3, 4])
 def test_any_worker_count_reads_the_same_rows_in_the_same_batches(shapes64, workers):
-    """Global batch k is the same rows, in the same order, with 1, 2 or 4 workers: the workers'
-    batches side by side in rank order are the one worker's batch."""
+    """Global batch k is the same rows, in the same order, with 1, 2, 3 or 4 workers (3: shares of 1,
+    1 and 2 of the 4 streams): the workers' batches side by side in rank order are the one worker's."""
     (alone, _), = worker_batches(shapes64, 1)
     shared = worker_batches(shapes64, workers)
     assert len(alone) == 1500 // STREAMS // (24 // STREAMS) == 62
     for k, want in enumerate(alone):
         got = [batches[k] for batches, _ in shared]
-        assert all(len(g["id"]) == 24 // workers for g in got)
+        assert [len(g["id"]) for g in got] == [24 * len(split_streams(STREAMS, r, workers)) // STREAMS
+                                               for r in range(workers)]
         np.testing.assert_array_equal(np.concatenate([g["id"] for g in got]), want["id"])
         np.testing.assert_array_equal(np.concatenate([g["image"] for g in got]), want["image"])
     assert len(np.unique(np.concatenate([b["id"] for b in alone]))) == 62 * 24  # no row twice
@@ -139,10 +141,7 @@ def test_a_worker_reads_each_block_once_in_the_order_its_streams_need_them(shape
         have[i] += s.rows
 
 
-def test_workers_must_share_the_streams_equally():
-    assert stream.split_streams(8, 1, 4) == range(2, 4)
-    with pytest.raises(ValueError, match="3 workers cannot share 8 data streams"):
-        stream.split_streams(8, 0, 3)
+def test_default_streams_divide_every_batch():
     assert stream.default_streams([512, 256, 32]) == 32 and stream.default_streams([32, 16]) == 16
     assert stream.default_streams([48, 24]) == 24 and stream.default_streams([96]) == 32
     assert stream.default_streams([12, 18]) == 6

@@ -72,6 +72,9 @@ def test_repository_sweeps_parse():
     (lambda d: d.update(scheduler={"kind": "hyperband"}), "scheduler.kind"),
     (lambda d: d.update(objective={"kind": "lpips"}), "objective.kind"),
     (lambda d: d.update(search={"algorithm": "bayes"}), "search.algorithm"),
+    (lambda d: d.update(trial={"kimg": 0.256, "workers": 2, "max_workers": 1}), "trial.max_workers 1 must be 0"),
+    # tiny's batches (32 at 4x4, 16 above) give 16 data streams: at most 16 workers
+    (lambda d: d.update(trial={"kimg": 0.256, "workers": 2, "max_workers": 17}), "which 17 workers cannot share"),
 ])
 def test_bad_sweep_files_fail_at_once_naming_file_and_key(tmp_path, capsys, mutate, needle):
     data = json.loads(json.dumps(BASE))
