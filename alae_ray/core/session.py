@@ -169,7 +169,8 @@ class Session:
                    "sec_per_kimg": elapsed / kimg, "images_per_sec": images / elapsed, "workers": p.shard.world_size,
                    # the tick's seconds the slowest rank waited for its batches (the rest is the step)
                    "data_wait_s": max(r[2] for r in per_rank),
-                   "epoch": getattr(self.data, "epoch", None), "wall_s": time.perf_counter() - self.started}
+                   "epoch": getattr(self.data, "epoch", None), "wall_s": time.perf_counter() - self.started,
+                   "time": time.time()}  # when the tick ended (Unix s): lines rows up with other processes
         if p.cuda:
             metrics["gpu_mem_gib"] = torch.cuda.max_memory_allocated(p.device) / 2**30
         return Tick(stage=stage, images_seen=p.images_seen, kimg=p.kimg, iteration=p.iteration, losses=losses,

@@ -86,9 +86,10 @@ class MetricsLog:
             f.write(json.dumps(metrics) + "\n")
         if self.tb is not None:
             step = int(round(metrics["kimg"] * 1000))
+            when = metrics.get("time")  # the tick's own end: TensorBoard's wall-time axis
             for k, v in metrics.items():
-                if isinstance(v, (int, float)) and k != "kimg":
-                    self.tb.add_scalar(k, v, step)
+                if isinstance(v, (int, float)) and k not in ("kimg", "time"):
+                    self.tb.add_scalar(k, v, step, walltime=when)
             self.tb.flush()
         if self.console:
             print(console_line(metrics), file=sys.stderr, flush=True)

@@ -42,3 +42,18 @@ def test_upload_sends_only_new_or_changed_files_and_the_log_survives_a_restart(t
     rows = [json.loads(line) for line in read_bytes(resolve(uri), "metrics.jsonl").decode().splitlines()]
     assert [r["kimg"] for r in rows] == [0.5, 1.0, 1.5]
     assert not restore_log(other, uri)  # a node that has its own log keeps it
+
+
+def test_tensorboard_shows_each_row_at_its_own_tick_time(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from alae_ray.train.artifacts import MetricsLog
+
+    log = MetricsLog(tmp_path)  # wall time as metrics.jsonl says it, not when the row reached the log
+    log.write({"kimg": 0.5, "loss_d": 1.0, "time": 1_700_000_000.0})
+    log.write({"kimg": 1.0, "loss_d": 0.9, "time": 1_700_000_060.0})
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert events.Tags()["scalars"] == ["loss_d"]  # the time is the axis, not a curve
+    assert [(e.step, e.wall_time) for e in events.Scalars("loss_d")] == [(500, 1_700_000_000.0), (1000, 1_700_000_060.0)]
