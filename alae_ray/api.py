@@ -344,7 +344,7 @@ class Model:
                 loss.backward()
                 opt.step()
             if progress is not None:
-                progress(step + 1, float(loss))
+                progress(step + 1, loss.item())
         w = w.detach()
         return w, self.decode(w, noise_seed=noise_seed)
 
