@@ -9,6 +9,12 @@ import torch
 import torch.nn.functional as F
 
 
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in at least float32: autocast's bf16 scores are widened for the losses, float64 is kept
+    (``.float()`` would round a float64 run's losses and gradients to float32)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def d_logistic_loss(real_score: torch.Tensor, fake_score: torch.Tensor) -> torch.Tensor:
     """Step I: softplus(D(E(G(F(z))))) + softplus(-D(E(x)))."""
     return F.softplus(fake_score).mean() + F.softplus(-real_score).mean()
@@ -21,7 +27,7 @@ def r1_penalty(real_score: torch.Tensor, x_real: torch.Tensor) -> torch.Tensor:
     sentence about "the parameters of E and D" describes what the penalty is then minimised over).
     """
     (grad,) = torch.autograd.grad(real_score.sum(), x_real, create_graph=True)
-    return grad.float().pow(2).flatten(1).sum(1).mean()
+    return wide(grad).pow(2).flatten(1).sum(1).mean()
 
 
 def g_nonsaturating_loss(fake_score: torch.Tensor) -> torch.Tensor:
@@ -34,4 +40,4 @@ def latent_reciprocity_loss(w_target: torch.Tensor, w_rec: torch.Tensor) -> torc
 
     Averaged over elements as in the authors' code, so the learning rates transfer across latent sizes.
     """
-    return (w_rec.float() - w_target.detach().float()).pow(2).mean()
+    return (wide(w_rec) - wide(w_target.detach())).pow(2).mean()

@@ -46,20 +46,23 @@ class Shard:
     streams: int = 0
 
     @property
+    def stream_count(self) -> int:
+        return self.streams or self.world_size
+
+    @property
     def served(self) -> range:
-        return split_streams(self.streams or self.world_size, self.rank, self.world_size)
+        return split_streams(self.stream_count, self.rank, self.world_size)
 
     @property
     def weight(self) -> float:
         """The share of every global batch this worker takes: what its means weigh in the average."""
-        return len(self.served) / (self.streams or self.world_size)
+        return len(self.served) / self.stream_count
 
     def part(self, batch: int) -> slice:
         """This worker's rows of a global batch of ``batch``."""
-        v = self.streams or self.world_size
+        v, served = self.stream_count, self.served
         if batch % v:
             raise ValueError(f"a global batch of {batch} does not split into {v} equal data streams")
-        served = self.served
         return slice(served.start * batch // v, served.stop * batch // v)
 
 
@@ -308,13 +311,13 @@ class ALAEPhases:
             with torch.no_grad(), self._autocast():
                 ws, w = self._styles(d, part, stage.level)
                 x_fake = n.G(ws, stage.level, a, t.noise, d.noise_of(part))
-            w_sum = w_sum + w.float().sum(0)
+            w_sum = w_sum + losses.wide(w).sum(0)
             x_real = fade_reals(self._prepare(x[part]), stage.alpha).detach().requires_grad_(gamma > 0)
             real = m if gamma > 0 else n  # R1 differentiates this pass twice: eager
             with self._autocast():
                 # Separate passes, as the authors': R1's double backward then runs through the reals only.
-                real_score = real.D(real.E(x_real, stage.level, a)).float()
-                fake_score = n.D(n.E(x_fake.to(x_real.dtype), stage.level, a)).float()
+                real_score = losses.wide(real.D(real.E(x_real, stage.level, a)))
+                fake_score = losses.wide(n.D(n.E(x_fake.to(x_real.dtype), stage.level, a)))
                 loss_d = losses.d_logistic_loss(real_score, fake_score)
             r1 = losses.r1_penalty(real_score, x_real) if gamma > 0 else torch.zeros((), device=self.device)
             ((loss_d + 0.5 * gamma * r1) * share).backward()
@@ -339,11 +342,11 @@ class ALAEPhases:
                 with self._autocast():
                     ws, w = self._styles(d, part, stage.level)
                     x_fake = n.G(ws, stage.level, a, self.cfg.train.noise, d.noise_of(part))
-                    fake_score = n.D(n.E(x_fake, stage.level, a)).float()
+                    fake_score = losses.wide(n.D(n.E(x_fake, stage.level, a)))
                     loss_g = losses.g_nonsaturating_loss(fake_score)
                 (loss_g * share).backward()
                 loss_g_mean += loss_g.detach() * share
-                w_sum = w_sum + w.detach().float().sum(0)
+                w_sum = w_sum + losses.wide(w.detach()).sum(0)
         finally:
             m.E.requires_grad_(True)
             m.D.requires_grad_(True)
@@ -372,7 +375,7 @@ class ALAEPhases:
                 loss_lae = losses.latent_reciprocity_loss(w, w_rec)
             (loss_lae * share).backward()
             loss_lae_mean += loss_lae.detach() * share
-            w_sum = w_sum + w.detach().float().sum(0)
+            w_sum = w_sum + losses.wide(w.detach()).sum(0)
         self._update_w_avg(w_sum, len(d.z))
         self._flag(2, loss_lae_mean)
         self._sync_grads([*m.E.parameters(), *m.F.parameters(), *m.G.parameters()])
@@ -479,7 +482,7 @@ class AutoencoderPhases(ALAEPhases):
             x_real = fade_reals(self._prepare(x[part]), stage.alpha)
             with self._autocast():
                 y = m.decode(m.encode(x_real, stage.level, a), stage.level, a, noise=False)
-            part_loss = (y.float() - x_real).pow(2).mean()
+            part_loss = (losses.wide(y) - x_real).pow(2).mean()
             (part_loss * share).backward()
             loss += part_loss.detach() * share
         self._flag(0, loss)

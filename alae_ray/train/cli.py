@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 
@@ -37,8 +38,6 @@ def cmd_train(args) -> int:
 
 def worker_range(text: str) -> tuple[int, int | None]:
     """``--workers``: N, or MIN-MAX for an elastic run."""
-    import argparse
-
     lo, dash, hi = text.partition("-")
     try:
         pair = (int(lo), int(hi) if dash else None)

@@ -238,9 +238,9 @@ class Restarts(ray.train.UserCallback):
         self.failures += 1
         rank, exc = min(worker_exceptions.items())
         cause = (str(exc).strip().splitlines() or [""])[0][:240]
-        left = self.max_failures - self.failures + 1 if self.max_failures >= 0 else None
-        then = ("; not restarted (--max-failures)" if left == 0 else
-                "; restarting it from the latest checkpoint" + (f" ({left - 1} restarts left)" if left else ""))
+        left = self.max_failures - self.failures if self.max_failures >= 0 else None  # after this restart
+        then = ("; not restarted (--max-failures)" if left is not None and left < 0 else
+                "; restarting it from the latest checkpoint" + (f" ({left} restarts left)" if left is not None else ""))
         line = f"the worker group failed (rank {rank}: {type(exc).__name__}: {cause}){then}"
         beat(self.board, line, say=f"warning: {line}")
 
@@ -287,7 +287,7 @@ def _latest(checkpoint, run_uri: str, board: str | None, rank: int):
     from ..data.storage import resolve
     from ..infra.checkpoints import run_checkpoints
 
-    newest = _gather(run_checkpoints(run_uri)[:1])[0]  # rank 0's listing, should the ranks' differ
+    newest = _gather(run_checkpoints(run_uri)[:1] if rank == 0 else None)[0]  # one listing, rank 0's, for all
     if not newest or (checkpoint is not None and Path(checkpoint.path).name == Path(newest[0]).name):
         return checkpoint
     name = Path(newest[0]).name

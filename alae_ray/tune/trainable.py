@@ -111,7 +111,8 @@ def trial_spec(ctx: TrialContext, params: dict, name: str, *, config_name: str |
     o, t = s.objective, s.trial
     opts = TrainOptions(
         data=ctx.data, storage=ctx.trials_storage, name=name,
-        workers=t.workers, max_workers=t.max_workers or None, gpu=t.gpu, cpus_per_worker=t.cpus_per_worker, max_kimg=max_kimg or plan.max_kimg,
+        workers=t.workers, max_workers=t.max_workers or None, gpu=t.gpu, cpus_per_worker=t.cpus_per_worker,
+        max_kimg=max_kimg or plan.max_kimg,
         tick_kimg=o.every_kimg, checkpoint_kimg=t.checkpoint_kimg or o.every_kimg, keep=2,
         max_failures=t.max_failures, stall_timeout_s=t.stall_timeout_s, console=False,
         shuffle_buffer=ctx.shuffle_buffer,

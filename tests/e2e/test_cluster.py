@@ -407,7 +407,7 @@ def test_an_elastic_run_shrinks_on_a_lost_node_and_grows_back(two_node_cluster, 
     def wait_for(what: str, done, limit_s: float = 300) -> float:
         start = time.monotonic()
         while not done(rows()):
-            assert thread.is_alive(), f"the run ended while waiting for {what}: {out}"
+            assert thread.is_alive(), f"the run ended while waiting for {what}: {out!r} {str(out.get('error'))[-3000:]}"
             assert time.monotonic() - start < limit_s, f"waited {limit_s} s for {what}; rows: {rows()[-5:]}"
             time.sleep(0.2)
         return time.monotonic()
