@@ -375,6 +375,7 @@ def test_an_elastic_run_shrinks_on_a_lost_node_and_grows_back(two_node_cluster, 
     (connected to the cluster, as `alae-ray train` in a job would be) to hold the shrunk run until the
     node is back (helpers.HoldWhileShrunk), since a 16-iteration run would otherwise end first."""
     import threading
+    import traceback
 
     import ray
     from helpers import HoldWhileShrunk, by_value
@@ -397,7 +398,7 @@ def test_an_elastic_run_shrinks_on_a_lost_node_and_grows_back(two_node_cluster, 
             by_value()
             out["summary"] = run(spec, worker_callbacks=[HoldWhileShrunk(ticks=3, max_s=240)])
         except BaseException as exc:  # noqa: BLE001 (re-raised below)
-            out["error"] = exc
+            out["error"], out["trace"] = exc, traceback.format_exc()[-4000:]
 
     def rows() -> list[dict]:
         path = artifacts / "metrics.jsonl"
@@ -407,7 +408,7 @@ def test_an_elastic_run_shrinks_on_a_lost_node_and_grows_back(two_node_cluster, 
     def wait_for(what: str, done, limit_s: float = 300) -> float:
         start = time.monotonic()
         while not done(rows()):
-            assert thread.is_alive(), f"the run ended while waiting for {what}: {out!r} {str(out.get('error'))[-3000:]}"
+            assert thread.is_alive(), f"the run ended while waiting for {what}: {out.get('trace', out)}"
             assert time.monotonic() - start < limit_s, f"waited {limit_s} s for {what}; rows: {rows()[-5:]}"
             time.sleep(0.2)
         return time.monotonic()
